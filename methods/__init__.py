@@ -1,0 +1,32 @@
+"""Localization methods (``lesionsweep.methods``): the contract, the registry and the methods.
+
+Adding a method = one module + one import line below + one search-space YAML.
+"""
+
+from __future__ import annotations
+
+from .base import (
+    Method,
+    MethodOutput,
+    create_method,
+    method_class,
+    method_names,
+    method_params,
+    register_method,
+)
+from .losses import create_loss, loss_names, loss_params
+
+# --- method modules (each registers itself on import) ---
+
+__all__ = [
+    "Method",
+    "MethodOutput",
+    "create_method",
+    "method_class",
+    "method_names",
+    "method_params",
+    "register_method",
+    "create_loss",
+    "loss_names",
+    "loss_params",
+]

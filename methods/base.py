@@ -1,0 +1,165 @@
+"""The method contract and registry.
+
+Every localization method is an :class:`nn.Module` subclass of :class:`Method` that
+
+* takes images ``[B, C, H, W]`` (float, already normalised; C is 1 or 3),
+* returns ONE :class:`MethodOutput`: image-level logits ``[B, K]``, class-wise localization maps
+  ``[B, K, h, w]`` (what the paper shows as its heatmap; ``map_kind`` says whether they are
+  logits, probabilities or normalised scores) and optional ``extras`` (tensors for the loss or for
+  logging),
+* owns its loss: ``method.loss(output, targets, target_mask)`` returns a scalar tensor. The
+  classification criterion (BCE, PCAM's batch-weighted BCE, W-CEL, focal) is a component passed in
+  as ``criterion``; methods that change the objective add their own terms.
+
+Methods are registered by name with :func:`register_method` and built with :func:`create_method`,
+which refuses unknown keyword arguments and lists the allowed ones. Defaults live in the
+constructors only.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Method",
+    "MethodOutput",
+    "register_method",
+    "create_method",
+    "method_names",
+    "method_class",
+    "method_params",
+]
+
+
+@dataclass
+class MethodOutput:
+    """The one output type of every method.
+
+    Attributes:
+        logits: image-level logits, float ``[B, K]``.
+        maps: class-wise localization maps, float ``[B, K, h, w]`` (h, w: the method's map
+            resolution, usually a fraction of the input).
+        extras: optional named tensors (loss inputs, logging).
+    """
+
+    logits: torch.Tensor
+    maps: torch.Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Base class of all localization methods.
+
+    Subclasses set ``map_kind`` ("logits", "probabilities" or "normalized") and implement
+    :meth:`forward`. The default :meth:`loss` applies ``self.criterion`` to the image logits.
+    """
+
+    map_kind: ClassVar[str] = "logits"
+    name: ClassVar[str] = ""
+
+    def __init__(self, num_classes: int, criterion: nn.Module | None = None) -> None:
+        super().__init__()
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+        self.num_classes = int(num_classes)
+        if criterion is None:
+            from .losses import create_loss
+
+            criterion = create_loss("bce")
+        self.criterion = criterion
+
+    def forward(self, x: torch.Tensor) -> MethodOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(
+        self,
+        output: MethodOutput,
+        targets: torch.Tensor,
+        target_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scalar training loss for a batch (targets float ``[B, K]``, mask ``[B, K]``)."""
+        return self.criterion(output.logits, targets, target_mask)
+
+    def localization_maps(self, output: MethodOutput) -> torch.Tensor:
+        """Maps used for evaluation (``[B, K, h, w]``); by default ``output.maps``."""
+        return output.maps
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+M = TypeVar("M", bound=type[Method])
+
+
+def register_method(name: str) -> Callable[[M], M]:
+    """Class decorator: register a :class:`Method` under ``name`` (duplicates are refused)."""
+
+    def deco(cls: M) -> M:
+        if name in _REGISTRY:
+            raise ValueError(
+                f"method name {name!r} is already registered by {_REGISTRY[name].__module__}."
+                f"{_REGISTRY[name].__qualname__}"
+            )
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"{cls!r} registered as {name!r} is not a Method subclass")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def method_names() -> list[str]:
+    """Sorted names of the registered methods."""
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered class for ``name``; raises ``KeyError`` listing the known names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown method {name!r}; registered methods: {', '.join(method_names())}"
+        ) from None
+
+
+def method_params(name: str) -> dict[str, inspect.Parameter]:
+    """Constructor parameters of a method (excluding ``self``, ``num_classes``, ``criterion``)."""
+    sig = inspect.signature(method_class(name).__init__)
+    return {
+        k: p
+        for k, p in sig.parameters.items()
+        if k not in ("self", "num_classes", "criterion")
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def create_method(name: str, num_classes: int, **kwargs: Any) -> Method:
+    """Build a registered method; unknown kwargs raise ``TypeError`` listing the allowed ones.
+
+    ``loss`` (a loss name) and ``loss_kwargs`` (a dict) may be given instead of a ``criterion``
+    module.
+    """
+    cls = method_class(name)
+    loss_name = kwargs.pop("loss", None)
+    loss_kwargs = kwargs.pop("loss_kwargs", None) or {}
+    allowed = method_params(name)
+    unknown = sorted(set(kwargs) - set(allowed) - {"criterion"})
+    if unknown:
+        raise TypeError(
+            f"unknown argument(s) {', '.join(map(repr, unknown))} for method {name!r}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+    if loss_name is not None or loss_kwargs:
+        from .losses import create_loss
+
+        if "criterion" in kwargs:
+            raise TypeError("give either 'criterion' or 'loss'/'loss_kwargs', not both")
+        kwargs["criterion"] = create_loss(loss_name or "bce", **loss_kwargs)
+    return cls(num_classes=num_classes, **kwargs)
