@@ -28,18 +28,23 @@ def test_stdlib_platform_not_shadowed_with_python_m() -> None:
     assert out.returncode == 0, out.stderr
 
 
-def test_no_init_in_platform_and_no_generic_top_level_names() -> None:
+def test_no_init_in_platform_and_no_generic_top_level_names(tmp_path: Path) -> None:
     assert not (ROOT / "platform" / "__init__.py").exists()
-    import importlib.util
-
-    import lesionsweep
-
-    assert Path(list(lesionsweep.__path__)[0]).name == "platform"
-    for generic in ("methods", "cluster", "search_spaces", "data", "metrics"):
-        spec = importlib.util.find_spec(generic)
-        # only acceptable if it resolves to something outside this repo (not installed by us)
-        if spec is not None and spec.origin:
-            assert ROOT not in Path(spec.origin).resolve().parents, generic
+    # from a neutral folder (not the repo root), only `lesionsweep` is importable from us
+    code = (
+        "import importlib.util, lesionsweep, pathlib\n"
+        "print(pathlib.Path(list(lesionsweep.__path__)[0]).name)\n"
+        "for g in ('methods', 'cluster', 'search_spaces', 'data', 'metrics', 'platform'):\n"
+        "    s = importlib.util.find_spec(g)\n"
+        "    print(g, s.origin if s else None)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[0] == "platform"
+    for line in out[1:]:
+        name, origin = line.split(" ", 1)
+        assert origin == "None" or str(ROOT) not in origin, line
 
 
 def test_subpackages_import() -> None:
