@@ -62,6 +62,8 @@ class Method(nn.Module):
 
     map_kind: ClassVar[str] = "logits"
     name: ClassVar[str] = ""
+    #: input sides must be a multiple of this (e.g. PYLON needs 256); contract tests use it
+    input_multiple: ClassVar[int] = 32
 
     def __init__(self, num_classes: int, criterion: nn.Module | None = None) -> None:
         super().__init__()

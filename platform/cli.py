@@ -1,10 +1,172 @@
-"""The ``lesionsweep`` command line (filled in as components land)."""
+"""The ``lesionsweep`` command line.
+
+Every user-facing error (:class:`lesionsweep.errors.LesionSweepError`, a bad file, an unknown key)
+is printed as one clear line on stderr with a non-zero exit code; tracebacks are kept for real
+bugs (or shown with ``--debug``).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, LesionSweepError
 
 
-def main(argv: list[str] | None = None) -> int:
-    print("lesionsweep: no commands yet", file=sys.stderr)
-    return 2
+def _parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--set section.key=value`` pairs; values are parsed as YAML scalars."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from None
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import run_training
+
+    cfg = load_config(args.config, overrides=_parse_overrides(args.set))
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    res = run_training(cfg, out, resume=not args.no_resume, progress=True)
+    print(json.dumps({"out_dir": str(res.out_dir), "best_epoch": res.best_epoch, "best": res.best,
+                      "final": res.final, "wall_time_s": round(res.wall_time_s, 2)}, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import evaluate
+
+    source: Any = args.source
+    if Path(source).suffix in (".yaml", ".yml"):
+        source = load_config(source, overrides=_parse_overrides(args.set))
+    metrics = evaluate(source, args.split, out_path=args.out, batch_size=args.batch_size,
+                       device=args.device)
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from .config import load_config, DataConfig, config_from_dict
+    from .data import build_cache
+
+    if args.config:
+        data_cfg = load_config(args.config, overrides=_parse_overrides(args.set)).data
+    else:
+        raw = {"data": {"dataset": args.dataset, "root": args.root, "image_size": args.image_size,
+                        "skip_bad_images": args.skip_bad_images}}
+        data_cfg = config_from_dict(raw, source="command line").data
+    assert isinstance(data_cfg, DataConfig)
+    splits = tuple(args.splits.split(",")) if args.splits else None
+    kwargs = {"splits": splits} if splits else {}
+    path = build_cache(data_cfg, args.out, **kwargs)
+    print(f"cache written to {path}")
+    return 0
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from .data.phantom import save_preview
+
+    save_preview(args.out, n=args.n, image_size=args.image_size, seed=args.seed)
+    print(f"phantom preview written to {args.out}")
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from lesionsweep.methods import loss_names, loss_params, method_names, method_params
+
+    for name in method_names():
+        params = ", ".join(
+            f"{k}={p.default!r}" for k, p in method_params(name).items()
+        )
+        print(f"method {name}: {params}")
+    for name in loss_names():
+        params = ", ".join(f"{k}={p.default!r}" for k, p in loss_params(name).items())
+        print(f"loss {name}: {params}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lesionsweep",
+        description="Hyperparameter sweeps for weakly supervised lesion localization on CXRs.",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one config (YAML) without Ray")
+    t.add_argument("config")
+    t.add_argument("--out", help="run folder (default: runs/<config stem>)")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override")
+    t.add_argument("--no-resume", action="store_true", help="start over even if a run exists")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a run folder, checkpoint or config on a split "
+                                        "(the only way to touch a test split)")
+    e.add_argument("source", help="run folder, checkpoint .pt, or config .yaml")
+    e.add_argument("--split", default="test-loc")
+    e.add_argument("--out", help="write the metrics as JSON here")
+    e.add_argument("--batch-size", type=int)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    e.set_defaults(func=_cmd_evaluate)
+
+    c = sub.add_parser("cache", help="resize a dataset once into a fast on-disk cache")
+    c.add_argument("out", help="cache folder to create")
+    c.add_argument("--config", help="take the data section of this run config")
+    c.add_argument("--dataset", default="phantom")
+    c.add_argument("--root")
+    c.add_argument("--image-size", type=int, default=256)
+    c.add_argument("--splits", help="comma-separated splits (default: all the dataset has)")
+    c.add_argument("--skip-bad-images", action="store_true")
+    c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    c.set_defaults(func=_cmd_cache)
+
+    pv = sub.add_parser("preview", help="write a PNG grid of synthetic phantoms with their boxes")
+    pv.add_argument("--out", default="phantom_preview.png")
+    pv.add_argument("--n", type=int, default=8)
+    pv.add_argument("--image-size", type=int, default=256)
+    pv.add_argument("--seed", type=int, default=0)
+    pv.set_defaults(func=_cmd_preview)
+
+    m = sub.add_parser("methods", help="list registered methods and losses with their defaults")
+    m.set_defaults(func=_cmd_methods)
+
+    try:  # the sweep commands (Ray) register themselves
+        from .sweep.commands import add_subparsers
+    except ImportError:  # pragma: no cover - during development only
+        pass
+    else:
+        add_subparsers(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LesionSweepError as e:
+        if args.debug:
+            raise
+        print(f"lesionsweep: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lesionsweep: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""CAM with a choice of global pooling (GAP, GMP, LSE, PCAM, WILDCAT) on any timm CNN.
+
+The head is one 1x1 conv classifier on one backbone stage: ``S = conv1x1(F)`` is the class logit
+map ``[B, K, h, w]`` (the CAM, computed before pooling), and the pooling (see
+:mod:`lesionsweep.methods.pooling`) turns it into image logits ``[B, K]``. With
+``pooling="pcam"`` this is Ye et al. 2020's Probabilistic-CAM (methods.md section 2.1): the same
+1x1 conv classifies the sigmoid(S)-weighted feature average, so with ``fc_bn=False`` and
+``fc_drop=0`` the image logit is ``sum_hw (sigmoid(S)/sum_hw sigmoid(S)) * S``.
+
+Maps: ``MethodOutput.maps`` is the class logit map S at the backbone stage's resolution
+(``h = ceil(H / r)`` with r the stage's reduction, e.g. 32 for the last ResNet/DenseNet stage,
+8 or 16 with ``output_stride``); ``map_kind = "logits"``. PCAM's paper/repo heatmap is
+``sigmoid(S)`` (a monotone transform, so per-pixel rankings are identical; thresholds on
+min-max-normalised maps are not).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import timm
+import torch
+from lesionsweep.errors import ConfigError
+from torch import nn
+
+from .backbones import Backbone, create_backbone
+from .base import Method, MethodOutput, register_method
+from .pooling import Pooling, create_pooling, pooling_names
+
+__all__ = ["CAM", "build_backbone", "build_pooling", "make_classifier", "check_input"]
+
+
+def build_backbone(
+    name: str,
+    in_chans: int,
+    pretrained: bool | str,
+    out_indices: tuple[int, ...],
+    output_stride: int | None,
+    method: str,
+) -> Backbone:
+    """:func:`create_backbone` with :class:`ConfigError` for a bad stage index or output_stride."""
+    try:
+        return create_backbone(
+            name,
+            in_chans=in_chans,
+            pretrained=pretrained,
+            out_indices=out_indices,
+            output_stride=output_stride,
+        )
+    except IndexError:
+        n = len(timm.create_model(name, features_only=True, pretrained=False).feature_info)
+        raise ConfigError(
+            f"{method}: stage index(es) {list(out_indices)} out of range for backbone {name!r}, "
+            f"which has {n} feature stages (timm out_indices 0..{n - 1}, or -{n}..-1)"
+        ) from None
+    except TypeError as e:
+        if output_stride is not None and "output_stride" in str(e):
+            raise ConfigError(
+                f"{method}: backbone {name!r} does not support output_stride={output_stride} "
+                f"(use None, or a ResNet-family backbone)"
+            ) from None
+        raise
+
+
+def make_classifier(in_channels: int, num_classes: int) -> nn.Conv2d:
+    """1x1 conv ``C -> K`` initialised as PCAM's ``_init_classifier``: weight N(0, 0.01), bias 0."""
+    conv = nn.Conv2d(in_channels, num_classes, kernel_size=1, bias=True)
+    nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def build_pooling(
+    pooling: str,
+    *,
+    lse_r: float,
+    wildcat_kmax: float,
+    wildcat_kmin: float,
+    wildcat_alpha: float,
+    fc_bn: bool,
+    fc_drop: float,
+    num_features: int,
+    num_classes: int,
+) -> Pooling:
+    """Map a method's flat pooling knobs to a pooling module.
+
+    ``lse_r`` is used only by ``lse``, ``wildcat_*`` only by ``wildcat``; ``fc_bn``/``fc_drop``
+    act on PCAM's pooled feature vector and raise :class:`ConfigError` with any other pooling.
+    """
+    if pooling not in pooling_names():
+        raise ConfigError(f"unknown pooling {pooling!r}; allowed: {', '.join(pooling_names())}")
+    if pooling != "pcam" and (fc_bn or fc_drop):
+        raise ConfigError(
+            f"fc_bn / fc_drop act on PCAM's pooled feature vector and need pooling='pcam', "
+            f"got pooling={pooling!r} with fc_bn={fc_bn!r}, fc_drop={fc_drop!r}"
+        )
+    kwargs: dict[str, Any] = {}
+    if pooling == "lse":
+        kwargs = {"r": lse_r}
+    elif pooling == "wildcat":
+        kwargs = {"kmax": wildcat_kmax, "kmin": wildcat_kmin, "alpha": wildcat_alpha}
+    elif pooling == "pcam":
+        kwargs = {
+            "fc_bn": fc_bn,
+            "fc_drop": fc_drop,
+            "num_features": num_features,
+            "num_classes": num_classes,
+        }
+    return create_pooling(pooling, **kwargs)
+
+
+def check_input(x: torch.Tensor, in_chans: int, method: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``[B, in_chans, H, W]``."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(
+            f"{method}: expected images [B, {in_chans}, H, W] (in_chans={in_chans}), "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+@register_method("cam")
+class CAM(Method):
+    """Backbone stage -> 1x1 conv class logit map S -> pooling -> image logits.
+
+    Args:
+        num_classes: K.
+        criterion: classification loss on the image logits (default BCE).
+        backbone: any timm CNN name with ``features_only`` support.
+        pretrained: False, True (local cache only) or a local weights file.
+        in_chans: image channels (1 for grayscale X-rays, 3 for RGB).
+        feature_index: which timm feature stage feeds the head (timm ``out_indices`` numbering,
+            0-based over ``feature_info``; -1 = the deepest).
+        output_stride: timm ``output_stride`` (8/16) for a larger map on models that support
+            dilation (ResNets); None keeps the model's native stride.
+        pooling: one of gap, gmp, lse, pcam, wildcat.
+        lse_r: LSE sharpness r (pooling="lse").
+        wildcat_kmax, wildcat_kmin, wildcat_alpha: WILDCAT knobs (pooling="wildcat").
+        fc_bn, fc_drop: batch-norm / dropout on PCAM's pooled feature vector (pooling="pcam").
+
+    Output: logits ``[B, K]``; maps = S ``[B, K, h, w]`` (logits); extras empty.
+    """
+
+    map_kind: ClassVar[str] = "logits"
+
+    def __init__(
+        self,
+        num_classes: int,
+        criterion: nn.Module | None = None,
+        backbone: str = "resnet18",
+        pretrained: bool | str = False,
+        in_chans: int = 1,
+        feature_index: int = -1,
+        output_stride: int | None = None,
+        pooling: str = "gap",
+        lse_r: float = 10.0,
+        wildcat_kmax: float = 0.1,
+        wildcat_kmin: float = 0.0,
+        wildcat_alpha: float = 0.0,
+        fc_bn: bool = False,
+        fc_drop: float = 0.0,
+    ) -> None:
+        super().__init__(num_classes, criterion)
+        self.in_chans = int(in_chans)
+        self.backbone = build_backbone(
+            backbone, self.in_chans, pretrained, (int(feature_index),), output_stride, "cam"
+        )
+        channels = self.backbone.channels[-1]
+        self.classifier = make_classifier(channels, self.num_classes)
+        self.pooling_name = pooling
+        self.pool = build_pooling(
+            pooling,
+            lse_r=lse_r,
+            wildcat_kmax=wildcat_kmax,
+            wildcat_kmin=wildcat_kmin,
+            wildcat_alpha=wildcat_alpha,
+            fc_bn=fc_bn,
+            fc_drop=fc_drop,
+            num_features=channels,
+            num_classes=self.num_classes,
+        )
+
+    def forward(self, x: torch.Tensor) -> MethodOutput:
+        check_input(x, self.in_chans, "cam")
+        feats = self.backbone(x)[-1]  # [B, C, h, w]
+        logit_map = self.classifier(feats)  # [B, K, h, w]
+        logits = self.pool(logit_map, features=feats, classifier=self.classifier)
+        return MethodOutput(logits=logits, maps=logit_map, extras={})
