@@ -1,0 +1,437 @@
+"""MaxBoxAccV2 and PxAP exactly as ``clovaai/wsolevaluation`` defines them (Choe et al., CVPR 2020).
+
+Re-implemented from the definitions in wsolevaluation's ``evaluation.py`` / ``inference.py``; the
+functions :func:`calculate_multiple_iou`, :func:`resize_bbox` and
+:func:`compute_bboxes_from_scoremaps` keep wsolevaluation's names, arguments and results so its
+``evaluation_test.py`` vectors apply unchanged (``tests/unit/test_metrics_wsol.py``).
+
+Box convention here: **wsolevaluation's integer** ``(x0, y0, x1, y1)``, scored with the "+1 pixel"
+IoU (area ``(x1-x0+1)(y1-y0+1)``). wsolevaluation's predicted boxes are ``boundingRect``'s
+``(x, y, x + w, y + h)`` clipped to ``(W-1, H-1)`` - one past the last foreground pixel - and its
+GT boxes come from ``(x, y, x + w, y + h)``-style annotations in the same form, so "+1" is applied
+to both. Our datasets' boxes are continuous with an exclusive end (``lesionsweep.data.types``);
+:func:`boxes_to_wsol_convention` is the one place that converts, into that same form, so a map
+that is exactly the GT box's indicator scores IoU 1.
+
+Score-map pipeline (per GT-known map):
+
+1. the raw class map ``[h, w]`` is resized to the evaluation size with ``cv2.resize``
+   (``INTER_CUBIC``, float64), then min-max normalised to [0, 1]; a constant map becomes all zeros
+   (:func:`prepare_scoremaps`). wsolevaluation silently zeroes NaN maps here; we raise instead.
+2. MaxBoxAccV2 (:class:`MaxBoxAccV2Evaluator`): the map is quantised ``uint8(map * 255)``
+   (truncation); at each ``tau in arange(0, 1, cam_curve_interval)`` it is binarised like
+   ``cv2.threshold(THRESH_BINARY)`` (strict ``>``) at ``int(tau * max)``; every contour
+   (``RETR_TREE``, ``CHAIN_APPROX_SIMPLE``, holes included) gives its ``boundingRect`` as
+   ``(x, y, x + w, y + h)`` clipped to ``(W-1, H-1)``; no contour gives ``[0, 0, 0, 0]``. An image
+   is correct at ``(tau, delta)`` if the best IoU over (predicted x GT) boxes is ``>= delta/100``.
+   ``maxboxacc@delta = max_tau`` accuracy (percent) and ``maxboxacc_v2`` is the mean over
+   ``delta in {30, 50, 70}``. The optimal ``tau`` is chosen on the evaluated split (an oracle
+   threshold, by design of the metric).
+3. PxAP (:class:`PxAPEvaluator`): histograms of the normalised scores at GT-positive and
+   GT-negative pixels (ignored pixels dropped) over the bins ``[0, b), [b, 2b), ..., [1-b, 1),
+   [1, 2), [2, 3]``; precision/recall at each bin edge, ``AP = sum precision[i] * (recall[i] -
+   recall[i-1])`` over edges with at least one predicted positive, times 100.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .common import MetricInputError, as_box_list, check_maps, to_numpy
+
+__all__ = [
+    "check_scoremap_validity",
+    "check_box_convention",
+    "calculate_multiple_iou",
+    "resize_bbox",
+    "compute_bboxes_from_scoremaps",
+    "normalize_scoremap",
+    "prepare_scoremaps",
+    "boxes_to_wsol_convention",
+    "cam_thresholds",
+    "MaxBoxAccV2Evaluator",
+    "PxAPEvaluator",
+]
+
+_CV2_MAX_CHANNELS = 512  # cv2.resize handles at most CV_CN_MAX channels per call
+
+
+def cam_thresholds(cam_curve_interval: float) -> np.ndarray:
+    """``np.arange(0, 1, cam_curve_interval)``: the score-map thresholds tau (float64)."""
+    if not 0.0 < cam_curve_interval < 1.0:
+        raise MetricInputError(f"cam_curve_interval must be in (0, 1), got {cam_curve_interval!r}")
+    return np.arange(0, 1, cam_curve_interval)
+
+
+def check_scoremap_validity(scoremap: Any, metric: str = "wsolevaluation") -> None:
+    """wsolevaluation's score-map check (float dtypes other than float64 are accepted).
+
+    Raises:
+        TypeError: not a numpy array, or not a floating dtype.
+        MetricInputError (a ValueError): not 2-D, contains NaN/inf, or outside [0, 1].
+    """
+    if not isinstance(scoremap, np.ndarray):
+        raise TypeError(f"{metric}: scoremap must be a numpy array, got {type(scoremap)}")
+    if not np.issubdtype(scoremap.dtype, np.floating):
+        raise TypeError(f"{metric}: scoremap must have a float dtype, got {scoremap.dtype}")
+    check_maps(scoremap, metric, ndim=2, value_range=(0.0, 1.0))
+
+
+def check_box_convention(boxes: np.ndarray, convention: str) -> None:
+    """Port of wsolevaluation's box check.
+
+    Args:
+        boxes: ``[4]`` or ``[N, 4]`` int/float array.
+        convention: ``"x0y0x1y1"`` or ``"xywh"``.
+
+    Raises:
+        RuntimeError: negative coordinates, wrong shape, or negative width/height.
+        ValueError: unknown convention.
+    """
+    boxes = np.asarray(boxes)
+    if (boxes < 0).any():
+        raise RuntimeError("Box coordinates must be non-negative.")
+    if boxes.ndim == 1:
+        boxes = boxes[None]
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise RuntimeError(f"Box array must have shape (4,) or (num_boxes, 4); got {boxes.shape}")
+    if convention == "x0y0x1y1":
+        widths = boxes[:, 2] - boxes[:, 0]
+        heights = boxes[:, 3] - boxes[:, 1]
+    elif convention == "xywh":
+        widths = boxes[:, 2]
+        heights = boxes[:, 3]
+    else:
+        raise ValueError(f"Unknown box convention {convention!r}; use 'x0y0x1y1' or 'xywh'")
+    if (widths < 0).any() or (heights < 0).any():
+        raise RuntimeError(f"Boxes do not follow the {convention} convention.")
+
+
+def calculate_multiple_iou(box_a: Any, box_b: Any) -> np.ndarray:
+    """Pairwise IoU with the inclusive "+1 pixel" convention.
+
+    Args:
+        box_a: int ``[A, 4]`` boxes ``(x0, y0, x1, y1)``, inclusive ends.
+        box_b: int ``[B, 4]`` boxes, same convention.
+
+    Returns:
+        float64 ``[A, B]``; a pair whose union is empty gets 0. Two degenerate boxes on the same
+        pixel (e.g. both ``[0, 0, 0, 0]``) have IoU 1, since each covers one pixel.
+
+    Raises:
+        RuntimeError: if either array breaks the ``x0y0x1y1`` convention.
+    """
+    a = np.asarray(box_a).reshape(-1, 4)
+    b = np.asarray(box_b).reshape(-1, 4)
+    check_box_convention(a, "x0y0x1y1")
+    check_box_convention(b, "x0y0x1y1")
+    a = a[:, None, :].astype(np.float64)
+    b = b[None, :, :].astype(np.float64)
+    iw = np.maximum(0.0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
+    ih = np.maximum(0.0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    union = area_a + area_b - inter
+    degenerate = union <= 0
+    ious = inter / np.where(degenerate, 1.0, union)
+    ious[degenerate] = 0.0
+    return ious
+
+
+def resize_bbox(
+    box: Iterable[float], image_size: Iterable[float], resize_size: Iterable[float]
+) -> tuple[int, int, int, int]:
+    """Rescale an ``(x0, y0, x1, y1)`` box from ``image_size`` to ``resize_size``.
+
+    Args:
+        box: four numbers ``(x0, y0, x1, y1)``.
+        image_size: ``(width, height)`` of the box's image.
+        resize_size: ``(width, height)`` to map to.
+
+    Returns:
+        The scaled box, each coordinate truncated with ``int()`` (wsolevaluation's rule).
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    check_box_convention(np.array([x0, y0, x1, y1]), "x0y0x1y1")
+    w, h = (float(v) for v in image_size)
+    nw, nh = (float(v) for v in resize_size)
+    return int(x0 * nw / w), int(y0 * nh / h), int(x1 * nw / w), int(y1 * nh / h)
+
+
+def _boxes_from_binary(binary: np.ndarray, multi_contour_eval: bool) -> np.ndarray:
+    """Boxes of the contours of a uint8 binary image, as wsolevaluation mines them."""
+    height, width = binary.shape[:2]
+    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+    if len(contours) == 0:
+        return np.zeros((1, 4), dtype=np.int64)
+    if not multi_contour_eval:
+        contours = [max(contours, key=cv2.contourArea)]
+    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
+    rects[:, 2] = np.minimum(rects[:, 0] + rects[:, 2], width - 1)
+    rects[:, 3] = np.minimum(rects[:, 1] + rects[:, 3], height - 1)
+    return rects
+
+
+def _int_thresholds(scoremap_image: np.ndarray, thresholds: np.ndarray) -> list[int]:
+    mx = scoremap_image.max() if scoremap_image.size else np.uint8(0)
+    return [int(t * mx) for t in np.asarray(thresholds, dtype=np.float64)]
+
+
+def _mine_boxes(
+    scoremap_image: np.ndarray, thresholds: np.ndarray, multi_contour_eval: bool
+) -> tuple[list[np.ndarray], list[int]]:
+    """Boxes per threshold from a uint8 ``[H, W]`` image.
+
+    ``cv2.threshold(THRESH_BINARY)`` on uint8 with an integer threshold is exactly ``image > thr``;
+    numpy does it without waking OpenCV's thread pool. Thresholds whose binary images coincide
+    (no pixel value between them) share one contour search.
+    """
+    present = np.bincount(scoremap_image.ravel(), minlength=256) > 0
+    n_values_at_or_below = np.cumsum(present)
+    cache: dict[int, np.ndarray] = {}
+    boxes: list[np.ndarray] = []
+    buffer = np.empty(scoremap_image.shape, dtype=bool)  # reused: findContours only reads it
+    for thr in _int_thresholds(scoremap_image, thresholds):
+        key = int(n_values_at_or_below[min(thr, 255)])
+        if key not in cache:
+            np.greater(scoremap_image, thr, out=buffer)
+            cache[key] = _boxes_from_binary(buffer.view(np.uint8), multi_contour_eval)
+        boxes.append(cache[key])
+    return boxes, [len(b) for b in boxes]
+
+
+def compute_bboxes_from_scoremaps(
+    scoremap: np.ndarray,
+    scoremap_threshold_list: Iterable[float],
+    multi_contour_eval: bool = False,
+) -> tuple[list[np.ndarray], list[int]]:
+    """Mine boxes from a normalised score map at each threshold (wsolevaluation semantics).
+
+    Args:
+        scoremap: float ``[H, W]`` in [0, 1].
+        scoremap_threshold_list: the thresholds tau in [0, 1).
+        multi_contour_eval: all contours (MaxBoxAccV2) or only the largest by
+            ``cv2.contourArea`` (MaxBoxAcc v1; wsolevaluation's default).
+
+    Returns:
+        ``(boxes, counts)``: per threshold an int64 ``[M, 4]`` array of ``(x, y, x + w, y + h)``
+        boxes clipped to ``(W-1, H-1)`` (``[[0, 0, 0, 0]]`` when nothing exceeds the threshold),
+        and the number of boxes at each threshold.
+
+    Raises:
+        MetricInputError (a ValueError): NaN or values outside [0, 1]; TypeError: not float.
+    """
+    check_scoremap_validity(scoremap, "compute_bboxes_from_scoremaps")
+    image = (scoremap * 255).astype(np.uint8)
+    return _mine_boxes(image, np.asarray(list(scoremap_threshold_list)), multi_contour_eval)
+
+
+def normalize_scoremap(cam: np.ndarray) -> np.ndarray:
+    """Min-max normalise one map to [0, 1] (float64); a constant map becomes zeros.
+
+    Raises:
+        MetricInputError: if the map has NaN/inf values (wsolevaluation returns zeros instead).
+    """
+    cam = np.asarray(cam, dtype=np.float64)
+    check_maps(cam, "normalize_scoremap", ndim=cam.ndim)
+    lo, hi = cam.min(), cam.max()
+    if lo == hi:
+        return np.zeros_like(cam)
+    return (cam - lo) / (hi - lo)
+
+
+def prepare_scoremaps(
+    maps: Any, size: tuple[int, int], metric: str = "wsolevaluation"
+) -> np.ndarray:
+    """Resize raw maps with bicubic interpolation and min-max normalise each one.
+
+    Args:
+        maps: float ``[N, h, w]`` raw class maps (any scale; logits are fine).
+        size: the evaluation size ``(H, W)``.
+        metric: name used in error messages.
+
+    Returns:
+        float64 ``[N, H, W]`` in [0, 1]; constant maps (after resizing) are all zeros.
+    """
+    arr = to_numpy(maps, np.float64)
+    check_maps(arr, metric, ndim=3)
+    n = arr.shape[0]
+    height, width = int(size[0]), int(size[1])
+    if n == 0:
+        return np.zeros((0, height, width), dtype=np.float64)
+    if arr.shape[1:] == (height, width):
+        out = arr.copy()
+    else:
+        chunks = []
+        for s in range(0, n, _CV2_MAX_CHANNELS):
+            part = np.ascontiguousarray(arr[s : s + _CV2_MAX_CHANNELS].transpose(1, 2, 0))
+            r = cv2.resize(part, (width, height), interpolation=cv2.INTER_CUBIC)
+            chunks.append(r.reshape(height, width, -1).transpose(2, 0, 1))
+        out = np.ascontiguousarray(np.concatenate(chunks, axis=0))  # [N, H, W] C order
+    lo = out.min(axis=(1, 2), keepdims=True)
+    hi = out.max(axis=(1, 2), keepdims=True)
+    rng = hi - lo
+    const = rng == 0
+    out = np.where(const, 0.0, (out - lo) / np.where(const, 1.0, rng))
+    return np.ascontiguousarray(out)
+
+
+def boxes_to_wsol_convention(boxes: Any, width: int, height: int) -> np.ndarray:
+    """Convert our continuous exclusive-end boxes to wsolevaluation's integer boxes.
+
+    Our box ``(x0, y0, x1, y1)`` covers ``[x0, x1) x [y0, y1)`` where pixel ``(row i, col j)`` is
+    ``[j, j+1) x [i, i+1)``. The pixels it overlaps with positive area are columns
+    ``floor(x0) .. ceil(x1) - 1``; wsolevaluation writes such a pixel set the way its box mining
+    does (``boundingRect`` -> ``(x, y, x + w, y + h)``, clipped to ``(W-1, H-1)``), i.e.
+    ``(floor(x0), floor(y0), min(ceil(x1), W-1), min(ceil(y1), H-1))``. So a box covering exactly
+    pixel columns ``a..b`` (``x0 = a, x1 = b + 1``) gives ``x0 = a, x1 = b + 1`` (clipped), the
+    same box wsolevaluation mines from a map that is 1 exactly on those pixels, and its "+1" IoU
+    is then 1. (Reading the box as inclusive ``a..b`` instead would cap a perfect ``w x h`` map at
+    IoU ``w h / ((w+1)(h+1))``.) Coordinates are rounded with a 1e-6 pixel tolerance against
+    float noise and clipped to ``0..W-1`` / ``0..H-1``; ``x1 >= x0`` and ``y1 >= y0`` always.
+
+    Args:
+        boxes: float ``[G, 4]`` continuous ``(x0, y0, x1, y1)`` in the evaluated image's pixels.
+        width: image width W. height: image height H.
+
+    Returns:
+        int64 ``[G, 4]`` boxes for :func:`calculate_multiple_iou`.
+    """
+    b = to_numpy(boxes, np.float64).reshape(-1, 4)
+    eps = 1e-6
+    x0 = np.clip(np.floor(b[:, 0] + eps), 0, width - 1)
+    y0 = np.clip(np.floor(b[:, 1] + eps), 0, height - 1)
+    x1 = np.clip(np.ceil(b[:, 2] - eps), 0, width - 1)
+    y1 = np.clip(np.ceil(b[:, 3] - eps), 0, height - 1)
+    x1 = np.maximum(x1, x0)
+    y1 = np.maximum(y1, y0)
+    return np.stack([x0, y0, x1, y1], axis=1).astype(np.int64)
+
+
+class MaxBoxAccV2Evaluator:
+    """MaxBoxAccV2 over GT-known maps (wsolevaluation ``BoxEvaluator``, ``box_v2_metric``).
+
+    Args:
+        cam_curve_interval: step of the thresholds ``arange(0, 1, step)``.
+        iou_thresholds: the IoU levels delta in percent.
+        multi_contour_eval: all contours (V2, default) or the largest only (V1).
+    """
+
+    def __init__(
+        self,
+        cam_curve_interval: float = 0.01,
+        iou_thresholds: Sequence[int] = (30, 50, 70),
+        multi_contour_eval: bool = True,
+    ) -> None:
+        self.thresholds = cam_thresholds(cam_curve_interval)
+        self.iou_thresholds = tuple(int(d) for d in iou_thresholds)
+        self.multi_contour_eval = bool(multi_contour_eval)
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.num_correct = np.zeros((len(self.iou_thresholds), len(self.thresholds)), np.int64)
+
+    def accumulate(self, scoremaps: Any, gt_boxes: Sequence[Any]) -> None:
+        """Add maps and their GT boxes.
+
+        Args:
+            scoremaps: float ``[N, H, W]`` in [0, 1] (e.g. from :func:`prepare_scoremaps`).
+            gt_boxes: N arrays int ``[G_i, 4]`` (G_i >= 1) of wsolevaluation integer boxes in the
+                maps' pixels (see :func:`boxes_to_wsol_convention`).
+        """
+        maps = to_numpy(scoremaps)
+        check_maps(maps, "MaxBoxAccV2", ndim=3, value_range=(0.0, 1.0))
+        gts = as_box_list(gt_boxes, "MaxBoxAccV2", maps.shape[0])
+        deltas = np.asarray(self.iou_thresholds, dtype=np.float64)[:, None] / 100.0
+        images = (maps * 255).astype(np.uint8)
+        for image, gt in zip(images, gts, strict=True):
+            if gt.shape[0] == 0:
+                raise MetricInputError("MaxBoxAccV2: every map needs at least one GT box")
+            boxes, counts = _mine_boxes(image, self.thresholds, self.multi_contour_eval)
+            ious = calculate_multiple_iou(np.concatenate(boxes), gt.astype(np.int64)).max(axis=1)
+            starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+            best = np.maximum.reduceat(ious, starts)  # [n_tau]
+            self.num_correct += best[None, :] >= deltas
+            self.count += 1
+
+    def accuracy_curves(self) -> np.ndarray:
+        """Box accuracy in percent, float64 ``[len(iou_thresholds), len(thresholds)]``."""
+        if self.count == 0:
+            return np.full(self.num_correct.shape, math.nan)
+        return self.num_correct * 100.0 / self.count
+
+    def compute(self) -> dict[str, float]:
+        """``maxboxacc@<delta>`` (percent) and ``maxboxacc_v2`` (their mean); NaN when empty."""
+        curves = self.accuracy_curves()
+        out: dict[str, float] = {}
+        best = []
+        for d, curve in zip(self.iou_thresholds, curves, strict=True):
+            v = float(curve.max()) if self.count else math.nan
+            out[f"maxboxacc@{d}"] = v
+            best.append(v)
+        out["maxboxacc_v2"] = float(np.mean(best)) if self.count else math.nan
+        return out
+
+
+class PxAPEvaluator:
+    """Pixel average precision (wsolevaluation ``MaskEvaluator``), percent.
+
+    Args:
+        cam_curve_interval: bin width of the score histograms.
+    """
+
+    def __init__(self, cam_curve_interval: float = 0.01) -> None:
+        self.thresholds = cam_thresholds(cam_curve_interval)
+        # bins [0, b), ..., [1-b, 1), [1, 2), [2, 3]
+        self.bin_edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
+        self.reset()
+
+    def reset(self) -> None:
+        n = len(self.bin_edges) - 1
+        self.gt_true_hist = np.zeros(n, dtype=np.float64)
+        self.gt_false_hist = np.zeros(n, dtype=np.float64)
+
+    def _hist(self, values: np.ndarray) -> np.ndarray:
+        # same as np.histogram(values, bin_edges) for values in [0, 3)
+        idx = np.searchsorted(self.bin_edges, values, side="right") - 1
+        return np.bincount(idx, minlength=len(self.bin_edges) - 1).astype(np.float64)
+
+    def accumulate(self, scoremaps: Any, gt_masks: Any, ignore_masks: Any | None = None) -> None:
+        """Add maps with their GT masks.
+
+        Args:
+            scoremaps: float ``[N, H, W]`` in [0, 1].
+            gt_masks: bool ``[N, H, W]`` (True = foreground).
+            ignore_masks: optional bool ``[N, H, W]``; True pixels are left out.
+        """
+        maps = to_numpy(scoremaps)
+        check_maps(maps, "PxAP", ndim=3, value_range=(0.0, 1.0))
+        gt = to_numpy(gt_masks).astype(bool)
+        if gt.shape != maps.shape:
+            raise MetricInputError(f"PxAP: masks {gt.shape} do not match maps {maps.shape}")
+        valid = np.ones_like(gt) if ignore_masks is None else ~to_numpy(ignore_masks).astype(bool)
+        if valid.shape != maps.shape:
+            raise MetricInputError(f"PxAP: ignore masks {valid.shape} != maps {maps.shape}")
+        self.gt_true_hist += self._hist(maps[gt & valid])
+        self.gt_false_hist += self._hist(maps[~gt & valid])
+
+    def compute(self) -> dict[str, float]:
+        """``pxap`` in percent; NaN if no GT-positive pixel (wsolevaluation raises there)."""
+        n_true = self.gt_true_hist.sum()
+        tp = self.gt_true_hist[::-1].cumsum()
+        fp = self.gt_false_hist[::-1].cumsum()
+        if n_true <= 0:
+            return {"pxap": math.nan}
+        nonzero = (tp + fp) != 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = tp / (tp + fp)
+        recall = tp / n_true
+        ap = (precision[1:] * np.diff(recall))[nonzero[1:]].sum() * 100.0
+        return {"pxap": float(ap)}
