@@ -1,0 +1,168 @@
+"""The WSMIS pipeline end to end on a few phantom images (tiny sizes, test_resnet).
+
+The slow test checks the method's claim on the phantom: the final segmentation Dice beats the
+Dice of thresholded stage-1 CAMs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lesionsweep.config import config_from_dict
+from lesionsweep.errors import ConfigError
+from lesionsweep.training.trainer import EpochReport, run_training
+
+
+def _cfg(**method: object) -> object:
+    return config_from_dict(
+        {
+            "method": {
+                "name": "wsmis",
+                "backbone": "test_resnet",
+                "stage2_epochs": 1,
+                "stage3_epochs": 1,
+                "exp_times": 4,
+                **method,
+            },
+            "data": {
+                "dataset": "phantom",
+                "image_size": 64,
+                "classes": ["pneumothorax"],
+                "options": {"num_train": 16, "num_val": 8, "prevalence": 0.5},
+            },
+            "train": {"epochs": 1, "batch_size": 8, "device": "cpu", "amp": False},
+            "eval": {"split": "val", "select_metric": "val/dice_pooled", "batch_size": 8},
+        }
+    )
+
+
+def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
+    cfg = _cfg()
+    reports: list[EpochReport] = []
+    res = run_training(cfg, tmp_path, reporter=reports.append, resume=True)
+
+    # one report per epoch of each stage, one increasing step series
+    assert [r.epoch for r in reports] == [1, 2, 3]
+    assert [r.metrics["stage"] for r in reports] == [1.0, 2.0, 3.0]
+    assert all(r.metrics["epoch"] == r.epoch for r in reports)
+    for key in ("stage1/auroc", "stage1/cam_dice", "stage1/cam_dice_oracle",
+                "val/dice_pooled", "val/dice_per_image", "val/auroc_macro"):  # fmt: skip
+        assert all(key in r.metrics for r in reports), key
+    assert "stage2/pseudo_dice" in reports[1].metrics and "stage3/loss" in reports[2].metrics
+    for r in reports:
+        assert all(math.isfinite(v) for k, v in r.metrics.items() if k != "stage1/auroc")
+        assert r.checkpoint_dir is not None and (r.checkpoint_dir / "model.pt").is_file()
+    assert 0.0 <= reports[2].metrics["val/dice_pooled"] <= 1.0
+
+    # stage outputs
+    s1, s2, s3 = (tmp_path / f"stage{i}" for i in (1, 2, 3))
+    for p in (s1 / "classifier.pt", s2 / "irnet.pt", s3 / "segmenter.pt", tmp_path / "config.yaml",
+              tmp_path / "metrics.jsonl"):  # fmt: skip
+        assert p.is_file(), p
+    cams = np.load(s1 / "cams_train.npy")
+    idx = np.load(s1 / "cams_train_index.npy")
+    assert cams.dtype == np.float16 and cams.shape == (len(idx), 1, 8, 8)
+    assert 0.0 <= float(cams.min()) and float(cams.max()) <= 1.0
+    packed = np.load(s2 / "pseudo_masks_train.npy")
+    masks = np.unpackbits(packed, axis=-1, count=64).astype(bool)
+    assert masks.shape == (len(idx), 1, 64, 64)
+    assert len(json.loads((s1 / "done.json").read_text())["history"]) == 1
+    assert res.epochs_run == 3 and res.final["epoch"] == 3.0
+    assert res.best_epoch in (1, 2, 3) and res.out_dir == tmp_path
+
+    # resume: every stage is finished -> nothing re-runs, same result
+    again: list[EpochReport] = []
+    res2 = run_training(cfg, tmp_path, reporter=again.append, resume=True)
+    assert again == []
+    assert res2.final == res.final and res2.epochs_run == 3
+
+    # a stage-3 knob re-runs only stage 3, which continues the step series after stage 2
+    cfg3 = _cfg(stage3_epochs=2)
+    again = []
+    res3 = run_training(cfg3, tmp_path, reporter=again.append, resume=True)
+    assert [r.epoch for r in again] == [3, 4] and all(r.metrics["stage"] == 3 for r in again)
+    assert res3.epochs_run == 4
+    assert np.array_equal(np.load(s1 / "cams_train.npy"), cams)  # stage 1 kept
+
+    # resume=False re-runs everything
+    again = []
+    run_training(cfg3, tmp_path, reporter=again.append, resume=False)
+    assert [r.epoch for r in again] == [1, 2, 3, 4]
+
+
+def test_bad_knobs_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ir_labels"):
+        run_training(_cfg(ir_labels="fuzzy"), tmp_path)
+    with pytest.raises(ConfigError, match="conf_bg"):
+        run_training(_cfg(conf_fg=0.1, conf_bg=0.2), tmp_path)
+    with pytest.raises(ConfigError, match="unknown key"):
+        _cfg(not_a_knob=1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_phantom_final_dice_beats_thresholded_cams(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = config_from_dict(
+        {
+            "method": {
+                "name": "wsmis",
+                "backbone": "test_resnet",
+                "stage2_epochs": 10,
+                "stage3_epochs": 8,
+            },
+            "data": {
+                "dataset": "phantom",
+                "image_size": 96,
+                "classes": ["pneumothorax"],
+                "options": {"num_train": 256, "num_val": 64, "prevalence": 0.5},
+            },
+            "train": {"epochs": 8, "batch_size": 16, "device": "cpu", "amp": False},
+            "optim": {"lr": 1e-3, "schedule": "cosine"},
+            "eval": {"split": "val", "select_metric": "val/dice_pooled", "batch_size": 64},
+        }
+    )
+    res = run_training(cfg, tmp_path, resume=False)
+    cam = res.final["stage1/cam_dice"]
+    final = res.final["val/dice_pooled"]
+    oracle = res.final["stage1/cam_dice_oracle"]
+    pseudo = res.final["stage2/pseudo_dice"]
+    print(
+        f"phantom: CAM Dice {cam:.4f} (oracle {oracle:.4f}), pseudo {pseudo:.4f}, final {final:.4f}"
+    )
+    assert final > cam
+
+
+def test_every_knob_belongs_to_exactly_one_stage() -> None:
+    # a knob outside the stage fingerprints would not re-run its stage on resume
+    from lesionsweep.methods import method_params
+    from lesionsweep.methods.wsmis.pipeline import _STAGE_KNOBS
+
+    owners = [k for knobs in _STAGE_KNOBS.values() for k in knobs]
+    assert len(owners) == len(set(owners))
+    assert set(owners) == set(method_params("wsmis"))
+
+
+def test_effective_radius_scales_with_the_grid() -> None:
+    from lesionsweep.methods.wsmis.pipeline import effective_radius
+
+    assert effective_radius(10, (128, 128)) == 10 and effective_radius(5, (128, 128)) == 5
+    assert effective_radius(10, (32, 32)) == 3 and effective_radius(5, (32, 32)) == 2
+    assert effective_radius(5, (16, 24)) == 2  # never below 2, shortest side counts
+
+
+def test_dice_metric_without_masks_is_refused_early(tmp_path: Path) -> None:
+    from lesionsweep.data import build_dataset
+
+    cfg = _cfg()
+    train = build_dataset(cfg.data, "train")
+    val = build_dataset(cfg.data, "val")
+    from lesionsweep.methods.wsmis import WSMIS
+
+    with pytest.raises(ConfigError, match="needs masks"):
+        WSMIS.run_pipeline(cfg, tmp_path, None, False, datasets=(train, val, None))
