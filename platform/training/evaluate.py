@@ -1,0 +1,250 @@
+"""Evaluation: one pass of a model over a split through the :class:`LocalizationSuite`.
+
+:func:`evaluate_model` is what the trainer runs on the validation split every epoch.
+:func:`evaluate` is the ONLY way to a test split (``test``, ``test-loc``, ...): it loads a run
+folder or checkpoint file, rebuilds the method from the stored config, and evaluates it once
+(the wsolevaluation protocol: the search never sees the test split).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..config import RunConfig, config_from_dict, merge_flat
+from ..errors import ConfigError, TrainingError
+from ..io import atomic_write_text
+from .checkpoint import load_checkpoint, unwrap_model
+from .runtime import (
+    autocast_dtype,
+    build_method,
+    make_loader,
+    move_batch,
+    resolve_device,
+    seed_everything,
+)
+from .tensorboard import OverlayItem
+
+__all__ = ["evaluate", "evaluate_model", "resolve_checkpoint"]
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    suite: Any,
+    device: torch.device,
+    *,
+    in_chans: int = 1,
+    channels_last: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    overlays: int = 0,
+) -> tuple[dict[str, float], list[OverlayItem]]:
+    """Run ``model`` over ``loader`` and compute the suite's metrics plus the mean loss.
+
+    Args:
+        model: a :class:`~lesionsweep.methods.Method` (DDP/compile wrappers are unwrapped, so
+            this never runs a collective).
+        loader: yields :class:`~lesionsweep.data.types.Batch` in a fixed order.
+        suite: a ``LocalizationSuite``; it is reset first, then fed ``accumulate(logits [B, K],
+            maps [B, K, h, w], batch, map_kind)`` per batch (float32 tensors on ``device``).
+        overlays: how many images to keep for TensorBoard overlays: the first ones (in loader
+            order) that have a positive label or a box, topped up with the first others.
+
+    Returns:
+        ``(metrics, overlay_items)``: the suite's keys plus ``"loss"`` (mean of the method's
+        loss over images), and up to ``overlays`` :class:`OverlayItem`.
+    """
+    net: Any = unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    suite.reset()
+    map_kind = net.map_kind
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n_images = 0
+    n_batches = 0
+    with_pos: list[OverlayItem] = []
+    others: list[OverlayItem] = []
+    try:
+        for batch in loader:
+            x, y, m = move_batch(batch, device, in_chans, channels_last)
+            with torch.autocast(
+                device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)
+            ):
+                out = net(x)
+                loss = net.loss(out, y, m)
+                maps = net.localization_maps(out)
+            logits = out.logits.float()
+            maps = maps.float()
+            if not bool(torch.isfinite(logits).all() & torch.isfinite(maps).all()):
+                raise TrainingError(
+                    f"non-finite logits or maps on evaluation batch {n_batches + 1} (images "
+                    f"{', '.join(map(str, batch.ids[:3]))}...): the weights diverged "
+                    "(lower optim.lr or set train.grad_clip)"
+                )
+            n_batches += 1
+            loss_sum += loss.detach().double() * len(batch)
+            n_images += len(batch)
+            suite.accumulate(logits, maps, batch, map_kind)
+            if overlays and len(with_pos) < overlays:
+                _collect(batch, logits, maps, overlays, with_pos, others)
+    finally:
+        net.train(was_training)
+    if n_images == 0:
+        raise TrainingError("evaluation split is empty: no images to evaluate")
+    metrics = {k: float(v) for k, v in suite.compute().items()}
+    metrics["loss"] = float(loss_sum.item()) / n_images
+    items = (with_pos + others)[:overlays] if overlays else []
+    return metrics, items
+
+
+def _collect(
+    batch: Any,
+    logits: torch.Tensor,
+    maps: torch.Tensor,
+    n: int,
+    with_pos: list[OverlayItem],
+    others: list[OverlayItem],
+) -> None:
+    has_pos = (batch.targets > 0.5).any(1).tolist()
+    for i in range(len(batch)):
+        pos = bool(has_pos[i]) or len(batch.boxes[i]) > 0
+        dest = with_pos if pos else others
+        if len(dest) >= n:
+            continue
+        dest.append(
+            OverlayItem(
+                image=batch.images[i, 0].cpu().numpy(),
+                maps=maps[i].cpu().numpy(),
+                probs=torch.sigmoid(logits[i]).cpu().numpy(),
+                target=batch.targets[i].cpu().numpy(),
+                boxes=batch.boxes[i].cpu().numpy().reshape(-1, 5),
+                id=str(batch.ids[i]),
+            )
+        )
+
+
+def resolve_checkpoint(source: str | Path, which: str = "best") -> Path:
+    """The checkpoint file for a run folder (``checkpoints/<which>.pt``, falling back to
+    ``last.pt``) or the file itself."""
+    p = Path(source)
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise ConfigError(f"evaluate: {p} is neither a run folder nor a checkpoint file")
+    if which not in ("best", "last"):
+        raise ConfigError(f"evaluate: which = {which!r}; choose 'best' or 'last'")
+    for name in (which, "last"):
+        f = p / "checkpoints" / f"{name}.pt"
+        if f.is_file():
+            return f
+    raise ConfigError(f"evaluate: {p} has no checkpoints/{which}.pt or checkpoints/last.pt")
+
+
+def evaluate(
+    source: RunConfig | str | Path,
+    split: str,
+    *,
+    out_path: str | Path | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    which: str = "best",
+    checkpoint: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """Evaluate a trained method once on ``split`` (the only path to a test split).
+
+    Args:
+        source: a run folder (its ``checkpoints/<which>.pt``), a checkpoint file, or a
+            :class:`RunConfig` (then the weights come from ``checkpoint``; without one, the
+            method's seeded initialisation is evaluated — a chance baseline).
+        split: any split the dataset provides (``val``, ``test``, ``test-loc``, ...).
+        out_path: also write ``{"split", "checkpoint", "epoch", "metrics"}`` as JSON there
+            (atomically; non-finite values become null).
+        batch_size: overrides ``eval.batch_size``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        which: ``best`` or ``last`` for a run folder.
+        checkpoint: weights file when ``source`` is a config.
+        overrides: flat ``section.key`` values applied to the stored config (e.g.
+            ``{"data.root": "/data/nih"}`` when the data moved).
+
+    Returns:
+        ``{"<split>/<suite key>": value, ..., "<split>/loss": value, "epoch": checkpoint epoch}``.
+    """
+    from lesionsweep.data import build_dataset
+    from lesionsweep.metrics import LocalizationSuite
+
+    state: dict[str, Any] | None = None
+    ckpt_path: Path | None = None
+    if isinstance(source, RunConfig):
+        cfg = source
+        if checkpoint is not None:
+            ckpt_path = Path(checkpoint)
+            state = load_checkpoint(ckpt_path)
+    else:
+        ckpt_path = resolve_checkpoint(source, which)
+        state = load_checkpoint(ckpt_path)
+        cfg = config_from_dict(state["config"], source=f"{ckpt_path} (stored config)")
+    if overrides:
+        cfg = config_from_dict(merge_flat(cfg.to_dict(), overrides, "evaluate overrides"))
+    dev = resolve_device(device)
+    seed_everything(cfg.train.seed)
+    dataset = build_dataset(cfg.data, split)
+    info = dataset.info
+    model = build_method(cfg, info)
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise TrainingError(f"{ckpt_path}: weights do not fit the stored method: {e}") from None
+    model.to(dev)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = make_loader(
+        dataset,
+        batch_size=int(batch_size or cfg.eval.batch_size),
+        num_workers=cfg.data.num_workers,
+        device=dev,
+    )
+    suite = LocalizationSuite(info, cfg.data.image_size, cfg.eval.cam_curve_interval)
+    metrics, _ = evaluate_model(
+        model,
+        loader,
+        suite,
+        dev,
+        in_chans=cfg.train.in_chans,
+        channels_last=cfg.train.channels_last,
+        amp_dtype=autocast_dtype(dev, cfg.train.amp),
+    )
+    out = {f"{split}/{k}": v for k, v in metrics.items()}
+    out["epoch"] = float(state["epoch"]) if state is not None else 0.0
+    if out_path is not None:
+        doc = {
+            "split": split,
+            "checkpoint": str(ckpt_path) if ckpt_path else None,
+            "epoch": int(out["epoch"]),
+            "metrics": json_safe(out),
+        }
+        atomic_write_text(Path(out_path), json.dumps(doc, indent=2) + "\n")
+    return out
+
+
+def json_safe(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy of a flat metrics dict with non-finite floats as ``None`` (strict JSON)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, (float, np.floating)) and not math.isfinite(float(v)):
+            out[k] = None
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+        else:
+            out[k] = v
+    return out

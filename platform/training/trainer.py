@@ -1,0 +1,630 @@
+"""The single-run training loop (no Ray: runs on a bare machine with torch + timm).
+
+:func:`run_training` trains ``cfg.method`` on the ``train`` split and, after every epoch,
+evaluates the validation split ``cfg.eval.split`` with the :class:`LocalizationSuite`. It writes
+
+* ``out_dir/config.yaml``: the resolved config (:func:`lesionsweep.config.load_config` reads it);
+* ``out_dir/checkpoints/last.pt`` (every epoch) and ``best.pt`` (when ``eval.select_metric``
+  improves), loadable with ``torch.load(weights_only=True)`` (see :mod:`.checkpoint`);
+* ``out_dir/tensorboard/``: a scalar per metric and map overlays of ``train.log_images`` fixed
+  validation images (see :mod:`.tensorboard`);
+* ``out_dir/metrics.jsonl``: one JSON object per epoch (rewritten atomically each epoch;
+  non-finite values as null).
+
+Every epoch's metrics are one flat dict: ``epoch``, ``train/loss`` (mean over steps),
+``train/images_per_s`` (all ranks together, data loading included), ``time/epoch_s`` (train +
+validation), ``lr`` (learning rate at the epoch's first step), ``val/loss`` and ``val/<key>`` for
+every suite key.
+
+Determinism: the run seed fixes the model initialisation; every epoch reseeds Python, numpy and
+torch from ``(seed, epoch, rank)`` and the shuffling from ``(seed, epoch)``, so on the CPU the same
+config gives the same metrics, and a resumed run the same metrics as an uninterrupted one (with
+``data.num_workers > 0``, worker-side randomness is seeded when the persistent workers start, so
+resume equality then holds only for deterministic datasets).
+
+Distributed data parallel: when ``torch.distributed`` is initialised (e.g. by Ray Train's
+TorchTrainer), the model is wrapped in DDP on ``cuda:$LOCAL_RANK`` (or the CPU), the train split
+is sharded with a :class:`DistributedSampler`, rank 0 alone evaluates the full validation split
+and writes files, the metrics are broadcast from rank 0, and the ``reporter`` is called on every
+rank with the same metrics (``checkpoint_dir`` only on rank 0).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset, DistributedSampler
+
+from ..config import RunConfig, config_from_dict, dump_config
+from ..errors import ConfigError, DataError, TrainingError
+from ..io import atomic_write, atomic_write_text
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    unwrap_model,
+)
+from .evaluate import evaluate_model, json_safe
+from .optim import LRSchedule, build_optimizer
+from .runtime import (
+    autocast_dtype,
+    build_method,
+    check_training_split,
+    derive_seed,
+    make_loader,
+    move_batch,
+    resolve_device,
+    seed_everything,
+)
+from .tensorboard import TensorBoardLogger
+
+__all__ = ["EpochReport", "TrainResult", "Trainer", "run_training"]
+
+#: config keys that may change between an interrupted run and its resumption
+RESUMABLE_CHANGES = frozenset(
+    {
+        "train.epochs",
+        "train.device",
+        "train.log_images",
+        "data.num_workers",
+        "data.root",
+        "data.cache",
+        "eval.batch_size",
+    }
+)
+
+
+@dataclass
+class EpochReport:
+    """What the reporter receives after each epoch.
+
+    Attributes:
+        epoch: 1-based epoch number.
+        metrics: the epoch's flat metrics (see the module docstring); identical on every rank.
+        checkpoint_dir: the folder holding this epoch's ``last.pt`` (and ``best.pt``) on rank 0;
+            ``None`` on other ranks.
+        is_best: this epoch improved ``eval.select_metric``.
+    """
+
+    epoch: int
+    metrics: dict[str, float]
+    checkpoint_dir: Path | None
+    is_best: bool
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`run_training`.
+
+    Attributes:
+        final: metrics of the last epoch.
+        best: metrics of the best epoch (by ``eval.select_metric``).
+        best_epoch: its 1-based number.
+        epochs_run: epochs completed in total (including those before a resume).
+        history: every epoch's metrics, in order.
+        wall_time_s: wall time of this call.
+        out_dir: the run folder.
+    """
+
+    final: dict[str, float]
+    best: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    out_dir: Path = Path(".")
+
+
+Reporter = Callable[[EpochReport], None]
+
+
+def run_training(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    reporter: Reporter | None = None,
+    resume: bool = True,
+    progress: bool = False,
+) -> TrainResult:
+    """Train one config and evaluate it on its validation split after every epoch.
+
+    If the method class has a callable ``run_pipeline`` (a multi-stage pipeline), the call is
+    delegated to ``cls.run_pipeline(cfg, out_dir, reporter, resume)``.
+
+    Args:
+        cfg: the run config (``eval.split`` must not be a test split).
+        out_dir: the run folder (created; see the module docstring for its layout).
+        reporter: called after every epoch (on every rank) with an :class:`EpochReport`.
+        resume: continue after ``out_dir/checkpoints/last.pt`` when it exists (its config must
+            match ``cfg`` except for :data:`RESUMABLE_CHANGES`).
+        progress: print progress lines to stderr.
+
+    Raises:
+        ConfigError: a bad config value (unknown method kwarg, test split, ...), naming the key.
+        TrainingError: a non-finite loss (naming epoch, step and value).
+    """
+    from lesionsweep.methods import method_class
+
+    try:
+        cls = method_class(cfg.method.name)
+    except KeyError as e:
+        raise ConfigError(f"method.name = {cfg.method.name!r}: {e.args[0]}") from None
+    pipeline = getattr(cls, "run_pipeline", None)
+    if callable(pipeline):
+        return pipeline(cfg, Path(out_dir), reporter, resume)
+    return Trainer(cfg, out_dir, progress=progress).fit(reporter=reporter, resume=resume)
+
+
+def _dist_info() -> tuple[bool, int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return True, dist.get_rank(), dist.get_world_size()
+    return False, 0, 1
+
+
+def _broadcast(obj: Any, distributed: bool) -> Any:
+    if not distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    if best is None:
+        return True
+    if not math.isfinite(value):
+        return False
+    if not math.isfinite(best):
+        return True
+    return value > best if mode == "max" else value < best
+
+
+class Trainer:
+    """The training loop behind :func:`run_training`.
+
+    ``datasets`` (``(train, val)``) replaces the datasets built from ``cfg.data``; the benchmark
+    uses it to feed preloaded data. Each must have ``.info`` (:class:`DatasetInfo`) and return
+    :class:`~lesionsweep.data.types.Sample`.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out_dir: str | Path,
+        *,
+        progress: bool = False,
+        datasets: tuple[Dataset[Any], Dataset[Any]] | None = None,
+    ) -> None:
+        check_training_split(cfg.eval.split)
+        if cfg.eval.select_mode not in ("max", "min"):
+            raise ConfigError(f"eval.select_mode = {cfg.eval.select_mode!r}: choose 'max' or 'min'")
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.datasets = datasets
+        self.distributed, self.rank, self.world_size = _dist_info()
+        self.is_main = self.rank == 0
+        self.device = resolve_device(cfg.train.device)
+
+    # ------------------------------------------------------------------ helpers
+    def _log(self, msg: str) -> None:
+        if self.progress and self.is_main:
+            print(f"[lesionsweep] {msg}", file=sys.stderr, flush=True)
+
+    def _check_resume_config(self, stored: Mapping[str, Any], path: Path) -> None:
+        old = _flatten(config_from_dict(stored, source=str(path)).to_dict())
+        new = _flatten(self.cfg.to_dict())
+        diff = sorted(
+            k
+            for k in set(old) | set(new)
+            if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+        )
+        if diff:
+            desc = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in diff)
+            raise ConfigError(
+                f"cannot resume from {path}: it was written with a different config: {desc}; "
+                "use a new out_dir or resume=False"
+            )
+
+    def _on_main(self, fn: Callable[[], Any], share: bool) -> Any:
+        """Run ``fn`` on rank 0 only; a failure there is raised on every rank (no rank is left
+        waiting in a collective). ``share``: broadcast the result to every rank."""
+        result: Any = None
+        error: BaseException | None = None
+        if self.is_main:
+            try:
+                result = fn()
+            except Exception as e:  # noqa: BLE001 - re-raised below
+                error = e
+        if self.distributed:
+            msg = None if error is None else f"{type(error).__name__}: {error}"
+            shared, msg = _broadcast((result if share else None, msg), True)
+            if share:
+                result = shared
+            if error is None and msg is not None:
+                raise TrainingError(f"rank 0 failed during setup: {msg}")
+        if error is not None:
+            raise error
+        return result
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self, reporter: Reporter | None = None, resume: bool = True) -> TrainResult:
+        """Run the remaining epochs (see :func:`run_training`)."""
+        t_call = time.perf_counter()
+        cfg, dev = self.cfg, self.device
+        ckpt_dir = self.out_dir / "checkpoints"
+        last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+
+        def read_state() -> dict[str, Any] | None:
+            state = None
+            if resume and last_path.is_file():
+                state = load_checkpoint(last_path)
+                self._check_resume_config(state["config"], last_path)
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.out_dir / "config.yaml")
+            return state
+
+        state: dict[str, Any] | None = self._on_main(read_state, share=True)
+
+        seed_everything(cfg.train.seed)  # the same initial weights on every rank
+        from lesionsweep.data import build_dataset
+
+        train_ds: Any = self.datasets[0] if self.datasets else build_dataset(cfg.data, "train")
+        info = train_ds.info
+        model = build_method(cfg, info).to(dev)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(model, cfg.optim)
+
+        # ---- data
+        bs = cfg.train.batch_size
+        n_train = len(train_ds)
+        if n_train == 0:
+            raise DataError(f"the train split of {info.name!r} is empty")
+        per_rank = math.ceil(n_train / self.world_size)
+        drop_last = per_rank >= bs  # no ragged (possibly size-1) last batch when avoidable
+        gen = torch.Generator()
+        sampler: DistributedSampler[Any] | None = None
+        if self.distributed:
+            sampler = DistributedSampler(
+                train_ds,
+                num_replicas=self.world_size,
+                rank=self.rank,
+                shuffle=True,
+                seed=cfg.train.seed,
+                drop_last=True,
+            )
+        train_loader = make_loader(
+            train_ds,
+            batch_size=bs,
+            num_workers=cfg.data.num_workers,
+            device=dev,
+            shuffle=sampler is None,
+            sampler=sampler,
+            generator=gen,
+            drop_last=drop_last,
+            labels_only=True,
+        )
+        steps_per_epoch = len(train_loader)
+        if cfg.train.max_steps_per_epoch > 0:
+            steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+        if steps_per_epoch == 0:
+            raise DataError(
+                f"the train split ({n_train} images over {self.world_size} rank(s)) gives no "
+                f"batch of train.batch_size = {bs}"
+            )
+
+        def setup_validation() -> tuple[Any, Any]:
+            from lesionsweep.metrics import LocalizationSuite
+
+            val_ds: Any = (
+                self.datasets[1] if self.datasets else build_dataset(cfg.data, cfg.eval.split)
+            )
+            val_info = val_ds.info
+            if tuple(val_info.classes) != tuple(info.classes):
+                raise DataError(
+                    f"split {cfg.eval.split!r} has classes {list(val_info.classes)} but the "
+                    f"train split has {list(info.classes)}"
+                )
+            suite = LocalizationSuite(val_info, cfg.data.image_size, cfg.eval.cam_curve_interval)
+            # the suite's keys depend only on the dataset info: check the selection key now
+            keys = {f"val/{k}" for k in suite.compute()} | {"val/loss", "train/loss", "lr"}
+            if cfg.eval.select_metric not in keys:
+                raise ConfigError(
+                    f"eval.select_metric = {cfg.eval.select_metric!r} is not a reported metric; "
+                    f"choose one of: {', '.join(sorted(keys))}"
+                )
+            loader = make_loader(
+                val_ds,
+                batch_size=cfg.eval.batch_size,
+                num_workers=cfg.data.num_workers,
+                device=dev,
+            )
+            return loader, suite
+
+        val_loader, suite = self._on_main(setup_validation, share=False) or (None, None)
+
+        schedule = LRSchedule(optimizer, cfg.optim, cfg.train.epochs, steps_per_epoch)
+        amp_dtype = autocast_dtype(dev, cfg.train.amp)
+        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+        history: list[dict[str, float]] = []
+        best: dict[str, Any] | None = None
+        start_epoch = 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            history = [dict(h) for h in state["history"]]
+            best = dict(state["best"]) if state.get("best") else None
+            start_epoch = int(state["epoch"])
+            restore_rng_state(state["rng"])
+            self._log(f"resuming {self.out_dir} after epoch {start_epoch}")
+        del state
+
+        net: nn.Module = model
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+        tb = None
+        if self.is_main and start_epoch < cfg.train.epochs:
+            tb = TensorBoardLogger(self.out_dir / "tensorboard", purge_step=start_epoch + 1)
+
+        try:
+            for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
+                t_epoch = time.perf_counter()
+                seed_everything(derive_seed(cfg.train.seed, epoch, self.rank))
+                gen.manual_seed(derive_seed(cfg.train.seed, epoch, 0x5EED))
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
+                lr = schedule.lr
+                train_loss, ips = self._train_epoch(
+                    net, model, train_loader, optimizer, schedule, scaler, amp_dtype,
+                    epoch, steps_per_epoch,
+                )  # fmt: skip
+                metrics: dict[str, float] | None = None
+                overlays: list[Any] = []
+                failure: BaseException | None = None
+                if self.is_main:
+                    try:
+                        val, overlays = evaluate_model(
+                            model,
+                            val_loader,  # type: ignore[arg-type]
+                            suite,
+                            dev,
+                            in_chans=cfg.train.in_chans,
+                            channels_last=cfg.train.channels_last,
+                            amp_dtype=amp_dtype,
+                            overlays=cfg.train.log_images,
+                        )
+                    except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+                        failure = e
+                    else:
+                        metrics = {
+                            "epoch": float(epoch),
+                            "train/loss": train_loss,
+                            "train/images_per_s": ips,
+                            "time/epoch_s": time.perf_counter() - t_epoch,
+                            "lr": lr,
+                        }
+                        metrics.update({f"val/{k}": v for k, v in val.items()})
+                # every rank learns the outcome of rank 0's validation (no rank left waiting)
+                metrics, error = _broadcast(
+                    (metrics, None if failure is None else f"{type(failure).__name__}: {failure}"),
+                    self.distributed,
+                )
+                if failure is not None:
+                    if isinstance(failure, TrainingError):
+                        raise TrainingError(f"epoch {epoch} validation: {failure}") from failure
+                    raise failure
+                if error is not None:
+                    raise TrainingError(f"epoch {epoch} validation failed on rank 0: {error}")
+                assert metrics is not None
+                if not math.isfinite(metrics["val/loss"]):
+                    raise TrainingError(
+                        f"non-finite validation loss {metrics['val/loss']} after epoch {epoch}: "
+                        "the weights diverged (lower optim.lr or set train.grad_clip)"
+                    )
+                schedule.end_epoch(metrics["val/loss"])
+                key = cfg.eval.select_metric
+                value = float(metrics[key])
+                is_best = _is_better(value, None if best is None else best["value"],
+                                     cfg.eval.select_mode)  # fmt: skip
+                if is_best:
+                    best = {"epoch": epoch, "value": value}
+                history.append(metrics)
+                if self.is_main:
+                    self._save(
+                        last_path, best_path, is_best, model, optimizer, schedule, scaler,
+                        epoch, history, best,
+                    )  # fmt: skip
+                    assert tb is not None
+                    tb.log_scalars(metrics, epoch)
+                    if overlays:
+                        tb.log_overlays(overlays, info.classes, epoch)
+                    tb.flush()
+                    self._log(
+                        f"epoch {epoch}/{cfg.train.epochs} train/loss {train_loss:.4f} "
+                        f"val/loss {metrics['val/loss']:.4f} {key} {value:.4f}"
+                        + (" (best)" if is_best else "")
+                    )
+                if reporter is not None:
+                    reporter(
+                        EpochReport(
+                            epoch=epoch,
+                            metrics=dict(metrics),
+                            checkpoint_dir=ckpt_dir if self.is_main else None,
+                            is_best=is_best,
+                        )
+                    )
+        finally:
+            if tb is not None:
+                tb.close()
+
+        if not history:
+            raise TrainingError(f"{self.out_dir}: no epoch was run (train.epochs = 0?)")
+        assert best is not None
+        best_epoch = int(best["epoch"])
+        by_epoch = {int(h["epoch"]): h for h in history}
+        return TrainResult(
+            final=dict(history[-1]),
+            best=dict(by_epoch.get(best_epoch, history[-1])),
+            best_epoch=best_epoch,
+            epochs_run=len(history),
+            history=[dict(h) for h in history],
+            wall_time_s=time.perf_counter() - t_call,
+            out_dir=self.out_dir,
+        )
+
+    def _train_epoch(
+        self,
+        net: nn.Module,
+        model: nn.Module,
+        loader: Any,
+        optimizer: torch.optim.Optimizer,
+        schedule: LRSchedule,
+        scaler: torch.amp.GradScaler | None,
+        amp_dtype: torch.dtype | None,
+        epoch: int,
+        steps: int,
+    ) -> tuple[float, float]:
+        """One epoch of optimiser steps; returns (mean loss over steps, images/s all ranks)."""
+        cfg, dev = self.cfg, self.device
+        base: Any = unwrap_model(model)
+        net.train()
+        # on CUDA the loss is checked every few steps (one host sync per check) instead of
+        # every step; the error still names the first bad step
+        check_every = 1 if dev.type == "cpu" else 16
+        pending: list[torch.Tensor] = []
+        first_pending = 1
+        loss_sum = 0.0
+        n_images = 0
+        t0 = time.perf_counter()
+        log_every = max(1, steps // 10)
+        last_log = 0
+        for i, batch in enumerate(loader):
+            if i >= steps:
+                break
+            x, y, m = move_batch(batch, dev, cfg.train.in_chans, cfg.train.channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(
+                dev.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)
+            ):
+                out = net(x)
+                loss = base.loss(out, y, m)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if cfg.train.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if cfg.train.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                optimizer.step()
+            schedule.step()
+            pending.append(loss.detach())
+            n_images += len(batch)
+            if len(pending) >= check_every or i + 1 == steps:
+                loss_sum += self._check_losses(pending, epoch, first_pending)
+                first_pending = i + 2
+                pending = []
+                if i + 1 - last_log >= log_every:
+                    last_log = i + 1
+                    self._log(f"epoch {epoch} step {i + 1}/{steps} lr {schedule.lr:.3g}")
+        if pending:
+            loss_sum += self._check_losses(pending, epoch, first_pending)
+        elapsed = time.perf_counter() - t0
+        totals = torch.tensor([loss_sum, float(n_images), float(steps)], dtype=torch.float64)
+        if self.distributed:
+            totals = totals.to(dev) if dist.get_backend() == "nccl" else totals
+            dist.all_reduce(totals)
+            totals = totals.cpu()
+        loss_sum, n_all, steps_all = totals.tolist()
+        return loss_sum / max(1.0, steps_all), n_all / max(elapsed, 1e-9)
+
+    def _check_losses(self, pending: list[torch.Tensor], epoch: int, first_step: int) -> float:
+        """Sum of the pending step losses; raises TrainingError on the first non-finite one
+        (on every rank at once under DDP)."""
+        vals = torch.stack(pending).float()
+        bad = (~torch.isfinite(vals)).any().to(torch.int32).reshape(1)
+        if self.distributed:
+            if dist.get_backend() != "nccl":
+                bad = bad.cpu()
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        vals = vals.cpu()
+        if int(bad.item()):
+            finite = torch.isfinite(vals)
+            if bool(finite.all()):
+                raise TrainingError(
+                    f"non-finite training loss on another rank at epoch {epoch}, "
+                    f"steps {first_step}..{first_step + len(pending) - 1}"
+                )
+            j = int((~finite).nonzero()[0, 0])
+            raise TrainingError(
+                f"non-finite training loss {float(vals[j])} at epoch {epoch}, step "
+                f"{first_step + j} (1-based within the epoch); lower optim.lr, set "
+                "train.grad_clip or check the data"
+            )
+        return float(vals.double().sum())
+
+    def _save(
+        self,
+        last_path: Path,
+        best_path: Path,
+        is_best: bool,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: LRSchedule,
+        scaler: torch.amp.GradScaler | None,
+        epoch: int,
+        history: list[dict[str, float]],
+        best: dict[str, Any] | None,
+    ) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "model": unwrap_model(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "history": [dict(h) for h in history],
+            "best": dict(best) if best else None,
+            "rng": capture_rng_state(),
+            "config": self.cfg.to_dict(),
+        }
+        save_checkpoint(last_path, state)
+        if is_best:
+            atomic_write(best_path, lambda tmp: shutil.copyfile(last_path, tmp))
+        lines = "".join(json.dumps(json_safe(h)) + "\n" for h in history)
+        atomic_write_text(self.out_dir / "metrics.jsonl", lines)

@@ -1,0 +1,205 @@
+"""Strict loading of run configs (platform/config.py): every bad input is one ConfigError that
+names the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from lesionsweep.config import (
+    RunConfig,
+    config_from_dict,
+    config_from_flat,
+    dump_config,
+    load_config,
+    merge_flat,
+)
+from lesionsweep.errors import ConfigError
+
+GOOD = {
+    "method": {"name": "cam", "backbone": "test_resnet", "pooling": "lse", "lse_r": 5.0},
+    "loss": {"name": "focal", "gamma": 1.5},
+    "data": {"dataset": "phantom", "image_size": 64, "options": {"num_train": 32}},
+    "optim": {"name": "adamw", "lr": "1e-3", "schedule": "cosine", "warmup_epochs": 1},
+    "train": {"epochs": 2, "batch_size": 8, "in_chans": 3},
+    "eval": {"split": "val", "select_metric": "val/point_acc_micro"},
+}
+
+
+def _write(tmp_path: Path, doc: object, name: str = "run.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    return p
+
+
+def test_good_config_loads_typed(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, GOOD))
+    assert cfg.method.name == "cam"
+    assert dict(cfg.method.kwargs) == {"backbone": "test_resnet", "pooling": "lse", "lse_r": 5.0}
+    assert cfg.loss.name == "focal" and dict(cfg.loss.kwargs) == {"gamma": 1.5}
+    assert cfg.optim.lr == pytest.approx(1e-3) and isinstance(cfg.optim.lr, float)
+    assert cfg.train.in_chans == 3 and cfg.data.image_size == 64
+    assert dict(cfg.data.options) == {"num_train": 32}
+
+
+def test_unknown_section_names_file_and_section(tmp_path: Path) -> None:
+    p = _write(tmp_path, {**GOOD, "trainer": {"epochs": 3}})
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "'trainer'" in msg and "optim" in msg  # lists the allowed sections
+
+
+def test_unknown_dataclass_key_names_file_and_key(tmp_path: Path) -> None:
+    doc = {**GOOD, "optim": {**GOOD["optim"], "learning_rate": 0.1}}
+    p = _write(tmp_path, doc)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "optim.learning_rate" in msg and "lr" in msg
+
+
+def test_unknown_method_kwarg_names_key_and_allowed(tmp_path: Path) -> None:
+    doc = {**GOOD, "method": {**GOOD["method"], "poolingg": "gap"}}
+    p = _write(tmp_path, doc)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "method.poolingg" in msg and "pooling" in msg
+
+
+def test_unknown_loss_kwarg_and_names(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"loss\.gama"):
+        load_config(_write(tmp_path, {**GOOD, "loss": {"name": "focal", "gama": 2}}))
+    with pytest.raises(ConfigError, match=r"loss\.name = 'hinge'"):
+        load_config(_write(tmp_path, {**GOOD, "loss": {"name": "hinge"}}))
+    with pytest.raises(ConfigError, match=r"method\.name = 'gradcam'.*cam"):
+        load_config(_write(tmp_path, {**GOOD, "method": {"name": "gradcam"}}))
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "pattern"),
+    [
+        ("optim", "name", "lamb", r"optim\.name = 'lamb' is not allowed.*adamw"),
+        ("optim", "schedule", "linear", r"optim\.schedule = 'linear'.*cosine"),
+        ("data", "dataset", "mimic", r"data\.dataset = 'mimic'.*phantom"),
+        ("train", "epochs", "three", r"train\.epochs: expected an integer"),
+        ("train", "amp", "yes", r"train\.amp: expected true/false"),
+        ("optim", "lr", "fast", r"optim\.lr: expected a number"),
+        ("optim", "lr", float("nan"), r"optim\.lr: expected a finite number"),
+        ("optim", "lr", -1.0, r"optim\.lr must be > 0"),
+        ("train", "in_chans", 2, r"train\.in_chans must be 1 or 3"),
+        ("train", "batch_size", 0, r"train\.batch_size must be >= 1"),
+        ("data", "classes", "Mass", r"data\.classes: expected a list of names"),
+        ("data", "image_size", None, r"data\.image_size: null is not allowed"),
+        ("eval", "split", "test", r"eval\.split = 'test'.*lesionsweep evaluate"),
+        ("eval", "split", "test-loc", r"eval\.split = 'test-loc'"),
+    ],
+)
+def test_bad_values_name_file_key_and_allowed(
+    tmp_path: Path, section: str, key: str, value: object, pattern: str
+) -> None:
+    doc = {**GOOD, section: {**GOOD[section], key: value}}
+    p = _write(tmp_path, doc)
+    with pytest.raises(ConfigError, match=pattern) as e:
+        load_config(p)
+    assert str(p) in str(e.value)
+
+
+def test_int_valued_float_coerces_and_float_int_is_refused(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, {**GOOD, "train": {"epochs": 4.0}}))
+    assert cfg.train.epochs == 4 and isinstance(cfg.train.epochs, int)
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer, got 2\.5"):
+        load_config(_write(tmp_path, {**GOOD, "train": {"epochs": 2.5}}))
+
+
+def test_malformed_yaml_names_file(tmp_path: Path) -> None:
+    p = _write(tmp_path, "method:\n  name: cam\n optim: [1, 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(p) in str(e.value) and "malformed YAML" in str(e.value)
+
+
+def test_top_level_and_section_shape(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(_write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match=r"section 'optim' must be a mapping"):
+        load_config(_write(tmp_path, {"optim": [1, 2]}))
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("/nonexistent/run.yaml")
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, ""))
+    assert cfg == config_from_dict({})
+    assert cfg.method.name == "cam" and cfg.loss.name == "bce"
+
+
+def test_flat_overrides_on_load(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD)
+    cfg = load_config(
+        p,
+        overrides={
+            "optim.lr": 0.01,
+            "method.pooling": "gmp",
+            "data.options.difficulty": 0.5,
+            "train.batch_size": 4,
+        },
+    )
+    assert cfg.optim.lr == 0.01 and cfg.method.kwargs["pooling"] == "gmp"
+    assert dict(cfg.data.options) == {"num_train": 32, "difficulty": 0.5}  # merged, not replaced
+    assert cfg.train.batch_size == 4 and cfg.train.epochs == 2  # untouched keys kept
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) optim\.lrr"):
+        load_config(p, overrides={"optim.lrr": 0.01})
+    with pytest.raises(ConfigError, match=r"unknown section 'optimizer'"):
+        load_config(p, overrides={"optimizer.lr": 0.01})
+    with pytest.raises(ConfigError, match=r"must look like 'section.name'"):
+        load_config(p, overrides={"lr": 0.01})
+    with pytest.raises(ConfigError, match=r"'data.foo.bar' is not a data field"):
+        load_config(p, overrides={"data.foo.bar": 1})
+
+
+def test_config_from_flat_over_base() -> None:
+    base = config_from_dict(GOOD)
+    cfg = config_from_flat({"method.pooling": "gmp", "optim.lr": 3e-4}, base=base)
+    assert cfg.method.kwargs["pooling"] == "gmp" and cfg.method.kwargs["backbone"] == "test_resnet"
+    assert cfg.optim.lr == 3e-4 and cfg.optim.name == "adamw"
+    plain = config_from_flat({"optim.lr": 3e-4})
+    assert plain.method.name == "cam" and plain.optim.lr == 3e-4
+    with pytest.raises(ConfigError, match=r"<trial>.*method\.lse"):
+        config_from_flat({"method.lse": 3.0}, base=base)
+
+
+def test_merge_flat_does_not_mutate_input() -> None:
+    raw = {"data": {"options": {"a": 1}}}
+    out = merge_flat(raw, {"data.options.b": 2}, "<t>")
+    assert raw == {"data": {"options": {"a": 1}}}
+    assert out["data"]["options"] == {"a": 1, "b": 2}
+
+
+def test_dump_load_roundtrip(tmp_path: Path) -> None:
+    cfg = config_from_dict(
+        {**GOOD, "data": {**GOOD["data"], "classes": ["Mass", "Nodule"], "root": "/d"}}
+    )
+    p = tmp_path / "sub" / "config.yaml"
+    dump_config(cfg, p)
+    again = load_config(p)
+    assert again == cfg
+    assert again.to_flat() == cfg.to_flat()
+    assert again.data.classes == ("Mass", "Nodule")
+    # a default config round-trips too
+    dump_config(RunConfig(), tmp_path / "d.yaml")
+    assert load_config(tmp_path / "d.yaml") == RunConfig()
+
+
+def test_to_flat_keys_are_section_dot_key() -> None:
+    flat = config_from_dict(GOOD).to_flat()
+    assert flat["method.name"] == "cam" and flat["method.pooling"] == "lse"
+    assert flat["optim.lr"] == pytest.approx(1e-3) and flat["data.options"] == {"num_train": 32}
+    assert all(
+        k.split(".", 1)[0] in {"method", "loss", "data", "optim", "train", "eval"} for k in flat
+    )
