@@ -284,8 +284,6 @@ class Trainer:
             if resume and last_path.is_file():
                 state = load_checkpoint(last_path)
                 self._check_resume_config(state["config"], last_path)
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, self.out_dir / "config.yaml")
             return state
 
         state: dict[str, Any] | None = self._on_main(read_state, share=True)
@@ -367,6 +365,14 @@ class Trainer:
             return loader, suite
 
         val_loader, suite = self._on_main(setup_validation, share=False) or (None, None)
+
+        def write_run_folder() -> None:
+            # only now that data, method and metrics are known to build: a bad config or a
+            # missing dataset file leaves no half-written run folder behind
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.out_dir / "config.yaml")
+
+        self._on_main(write_run_folder, share=False)
 
         schedule = LRSchedule(optimizer, cfg.optim, cfg.train.epochs, steps_per_epoch)
         amp_dtype = autocast_dtype(dev, cfg.train.amp)

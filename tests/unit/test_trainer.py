@@ -294,6 +294,18 @@ def test_build_errors_are_config_errors_naming_the_key(tmp_path: Path) -> None:
             run_training(bad, tmp_path)
     with pytest.raises(ConfigError, match=r"eval\.select_metric = 'val/nope'.*val/auroc_macro"):
         run_training(tiny(eval={"select_metric": "val/nope"}, train={"epochs": 1}), tmp_path)
+    # none of these failures leaves a half-written run folder behind
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_dataset_leaves_no_run_folder(tmp_path: Path) -> None:
+    from lesionsweep.config import DataConfig
+    from lesionsweep.errors import DataError
+
+    bad = tiny().replace(data=DataConfig(dataset="nih", root=str(tmp_path / "nope")))
+    with pytest.raises(DataError, match="nope"):
+        run_training(bad, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_pipeline_methods_are_delegated(register: Any, tmp_path: Path) -> None:
