@@ -47,7 +47,11 @@ def loss_params(name: str) -> dict[str, inspect.Parameter]:
     if name not in _LOSSES:
         raise KeyError(f"unknown loss {name!r}; registered losses: {', '.join(loss_names())}")
     sig = inspect.signature(_LOSSES[name].__init__)
-    return {k: p for k, p in sig.parameters.items() if k != "self"}
+    return {
+        k: p
+        for k, p in sig.parameters.items()
+        if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
 
 
 def create_loss(name: str, **kwargs: Any) -> nn.Module:

@@ -106,3 +106,12 @@ def test_create_loss_errors() -> None:
         create_loss("focal", gamma=-1.0)
     with pytest.raises(ValueError, match="alpha"):
         create_loss("focal", alpha=1.5)
+
+
+def test_loss_params_list_only_real_knobs() -> None:
+    from lesionsweep.methods.losses import loss_params
+
+    assert set(loss_params("bce")) == set()
+    assert set(loss_params("focal")) == {"gamma", "alpha"}
+    with pytest.raises(TypeError, match="allowed: \\(none\\)"):
+        create_loss("bce", kwargs=1)
