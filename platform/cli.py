@@ -40,8 +40,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides=_parse_overrides(args.set))
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     res = run_training(cfg, out, resume=not args.no_resume, progress=True)
-    print(json.dumps({"out_dir": str(res.out_dir), "best_epoch": res.best_epoch, "best": res.best,
-                      "final": res.final, "wall_time_s": round(res.wall_time_s, 2)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out_dir": str(res.out_dir),
+                "best_epoch": res.best_epoch,
+                "best": res.best,
+                "final": res.final,
+                "wall_time_s": round(res.wall_time_s, 2),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -52,21 +62,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     source: Any = args.source
     if Path(source).suffix in (".yaml", ".yml"):
         source = load_config(source, overrides=_parse_overrides(args.set))
-    metrics = evaluate(source, args.split, out_path=args.out, batch_size=args.batch_size,
-                       device=args.device)
+    metrics = evaluate(
+        source, args.split, out_path=args.out, batch_size=args.batch_size, device=args.device
+    )
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from .config import load_config, DataConfig, config_from_dict
+    from .config import DataConfig, config_from_dict, load_config
     from .data import build_cache
 
     if args.config:
         data_cfg = load_config(args.config, overrides=_parse_overrides(args.set)).data
     else:
-        raw = {"data": {"dataset": args.dataset, "root": args.root, "image_size": args.image_size,
-                        "skip_bad_images": args.skip_bad_images}}
+        raw = {
+            "data": {
+                "dataset": args.dataset,
+                "root": args.root,
+                "image_size": args.image_size,
+                "skip_bad_images": args.skip_bad_images,
+            }
+        }
         data_cfg = config_from_dict(raw, source="command line").data
     assert isinstance(data_cfg, DataConfig)
     splits = tuple(args.splits.split(",")) if args.splits else None
@@ -88,9 +105,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     from lesionsweep.methods import loss_names, loss_params, method_names, method_params
 
     for name in method_names():
-        params = ", ".join(
-            f"{k}={p.default!r}" for k, p in method_params(name).items()
-        )
+        params = ", ".join(f"{k}={p.default!r}" for k, p in method_params(name).items())
         print(f"method {name}: {params}")
     for name in loss_names():
         params = ", ".join(f"{k}={p.default!r}" for k, p in loss_params(name).items())
@@ -113,8 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true", help="start over even if a run exists")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("evaluate", help="evaluate a run folder, checkpoint or config on a split "
-                                        "(the only way to touch a test split)")
+    e = sub.add_parser(
+        "evaluate",
+        help="evaluate a run folder, checkpoint or config on a split "
+        "(the only way to touch a test split)",
+    )
     e.add_argument("source", help="run folder, checkpoint .pt, or config .yaml")
     e.add_argument("--split", default="test-loc")
     e.add_argument("--out", help="write the metrics as JSON here")

@@ -22,9 +22,7 @@ def test_stdlib_platform_not_shadowed_from_repo_root() -> None:
 
 def test_stdlib_platform_not_shadowed_with_python_m() -> None:
     # `python -m` puts the repo root first on sys.path
-    out = subprocess.run(
-        [sys.executable, "-m", "uuid"], cwd=ROOT, capture_output=True, text=True
-    )
+    out = subprocess.run([sys.executable, "-m", "uuid"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 
 
