@@ -3,7 +3,9 @@
 :func:`evaluate_model` is what the trainer runs on the validation split every epoch.
 :func:`evaluate` is the ONLY way to a test split (``test``, ``test-loc``, ...): it loads a run
 folder or checkpoint file, rebuilds the method from the stored config, and evaluates it once
-(the wsolevaluation protocol: the search never sees the test split).
+(the wsolevaluation protocol: the search never sees the test split). A method whose runs have
+their own layout (a multi-stage pipeline) evaluates them through its class's ``evaluate_run``
+hook, as :func:`~lesionsweep.training.run_training` delegates to ``run_pipeline``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import RunConfig, config_from_dict, merge_flat
+from ..config import RunConfig, config_from_dict, load_config, merge_flat
 from ..errors import ConfigError, TrainingError
 from ..io import atomic_write_text
 from .checkpoint import load_checkpoint, unwrap_model
@@ -178,9 +180,22 @@ def evaluate(
 
     Returns:
         ``{"<split>/<suite key>": value, ..., "<split>/loss": value, "epoch": checkpoint epoch}``.
+        A run folder whose configured method class has a callable ``evaluate_run`` (e.g. the
+        ``wsmis`` pipeline) is evaluated by ``cls.evaluate_run(folder, cfg, split,
+        batch_size=, device=, which=)`` instead, ``cfg`` being its ``config.yaml`` with
+        ``overrides``; that hook defines its keys (``<split>/...`` and ``epoch``).
     """
     from lesionsweep.data import build_dataset
     from lesionsweep.metrics import LocalizationSuite
+
+    hook = None if isinstance(source, RunConfig) else _run_evaluator(Path(source), overrides)
+    if hook is not None:
+        run_eval, run_cfg = hook
+        kw: dict[str, Any] = {"batch_size": batch_size, "device": device, "which": which}
+        out = dict(run_eval(Path(source), run_cfg, split, **kw))
+        if out_path is not None:
+            _write_result(Path(out_path), split, str(source), out)
+        return out
 
     state: dict[str, Any] | None = None
     ckpt_path: Path | None = None
@@ -227,14 +242,45 @@ def evaluate(
     out = {f"{split}/{k}": v for k, v in metrics.items()}
     out["epoch"] = float(state["epoch"]) if state is not None else 0.0
     if out_path is not None:
-        doc = {
-            "split": split,
-            "checkpoint": str(ckpt_path) if ckpt_path else None,
-            "epoch": int(out["epoch"]),
-            "metrics": json_safe(out),
-        }
-        atomic_write_text(Path(out_path), json.dumps(doc, indent=2) + "\n")
+        _write_result(Path(out_path), split, str(ckpt_path) if ckpt_path else None, out)
     return out
+
+
+def _write_result(path: Path, split: str, checkpoint: str | None, out: Mapping[str, Any]) -> None:
+    doc = {
+        "split": split,
+        "checkpoint": checkpoint,
+        "epoch": int(out.get("epoch", 0)),
+        "metrics": json_safe(out),
+    }
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+
+
+def _run_evaluator(
+    source: Path, overrides: Mapping[str, Any] | None
+) -> tuple[Any, RunConfig] | None:
+    """``(cls.evaluate_run, config)`` when ``source`` is a run folder whose ``config.yaml`` names
+    a method class with a callable ``evaluate_run``; else None (the checkpoint path)."""
+    import yaml
+    from lesionsweep.methods import method_class
+
+    cfg_file = source / "config.yaml"
+    if not (source.is_dir() and cfg_file.is_file()):
+        return None
+    try:
+        raw = yaml.safe_load(cfg_file.read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # the checkpoint's stored config decides (and reports) on that path
+    method = raw.get("method") if isinstance(raw, dict) else None
+    name = method.get("name") if isinstance(method, dict) else None
+    try:
+        cls = method_class(str(name))
+    except KeyError:
+        return None
+    hook = getattr(cls, "evaluate_run", None)
+    if not callable(hook):
+        return None
+    return hook, load_config(cfg_file, overrides)
 
 
 def json_safe(d: Mapping[str, Any]) -> dict[str, Any]:

@@ -95,6 +95,40 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
     assert [r.epoch for r in again] == [1, 2, 3, 4]
 
 
+def test_evaluate_a_run_folder_on_val_and_test_loc(tmp_path: Path) -> None:
+    from lesionsweep.training import evaluate
+
+    res = run_training(_cfg(), tmp_path, resume=False)
+    # val reproduces the pipeline's own final report (same models, same metric definitions)
+    val = evaluate(tmp_path, "val", device="cpu")
+    assert val["epoch"] == res.final["epoch"] == 3.0
+    for key in ("val/dice_pooled", "val/dice_per_image", "val/auroc_macro"):
+        assert val[key] == pytest.approx(res.final[key], rel=1e-6, abs=1e-9), key
+
+    out_json = tmp_path / "eval" / "test-loc.json"
+    m = evaluate(tmp_path, "test-loc", out_path=out_json, batch_size=4,
+                 overrides={"data.options.num_test": 8})  # fmt: skip
+    for key in ("dice_pooled", "dice_per_image"):
+        assert 0.0 <= m[f"test-loc/{key}"] <= 1.0, key
+    assert "test-loc/auroc_macro" in m and "test-loc/pxap" in m
+    assert all(k == "epoch" or k.startswith("test-loc/") for k in m)
+    doc = json.loads(out_json.read_text())
+    assert doc["split"] == "test-loc" and doc["epoch"] == 3
+    assert doc["metrics"]["test-loc/dice_pooled"] == pytest.approx(m["test-loc/dice_pooled"])
+
+    with pytest.raises(ConfigError, match="which = 'worst'"):
+        evaluate(tmp_path, "val", which="worst")
+    # a changed knob whose re-run of stage 3 did not finish: the old U-Net is refused
+    (tmp_path / "config.yaml").write_text(
+        (tmp_path / "config.yaml").read_text().replace("stage3_epochs: 1", "stage3_epochs: 2")
+    )
+    with pytest.raises(ConfigError, match="another config"):
+        evaluate(tmp_path, "val")
+    (tmp_path / "stage3" / "segmenter.pt").unlink()
+    with pytest.raises(ConfigError, match=r"no finished wsmis pipeline.*segmenter\.pt"):
+        evaluate(tmp_path, "test-loc")
+
+
 def test_bad_knobs_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ir_labels"):
         run_training(_cfg(ir_labels="fuzzy"), tmp_path)
