@@ -18,8 +18,13 @@ from .losses import create_loss, loss_names, loss_params
 
 # isort: split
 # --- method modules (each registers itself on import) ---
-from . import cam, minmax_entropy, multiscale, pylon  # noqa: F401
-from . import wsmis  # noqa: F401
+from . import (  # noqa: F401
+    cam,
+    minmax_entropy,
+    multiscale,
+    pylon,
+    wsmis,  # noqa: F401
+)
 
 __all__ = [
     "Method",

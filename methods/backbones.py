@@ -80,7 +80,7 @@ class Backbone(nn.Module):
         try:
             with _offline():
                 self.body = timm.create_model(name, **kwargs)
-        except RuntimeError as e:
+        except RuntimeError:
             if name not in timm.list_models():
                 raise ValueError(f"unknown timm backbone {name!r}") from None
             raise

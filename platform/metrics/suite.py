@@ -193,8 +193,10 @@ class LocalizationSuite:
         up = (
             torch.cat(
                 [
-                    _upsample(raw[tb, tc], size),  # NIH
-                    _upsample(prob[tb, tc], size).clamp(0.0, 1.0),  # point accuracy
+                    # NIH and point accuracy. Point accuracy takes the argmax of the upsampled
+                    # raw map, not of sigmoid(map): float32 sigmoid saturates to 1.0 above ~17
+                    # and the argmax would then fall on the first saturated pixel.
+                    _upsample(raw[tb, tc], size),
                     _upsample(prob[idx(dice_b), idx(dice_c)], size).clamp(0.0, 1.0),  # Dice
                 ]
             )
@@ -207,14 +209,14 @@ class LocalizationSuite:
         if self.info.has_boxes and n_box:
             assert self.nih is not None and self.point is not None and self.maxbox is not None
             self.nih.accumulate(up[:n_box], ci, gts)
-            self.point.accumulate(up[n_box : 2 * n_box], ci, gts)
+            self.point.accumulate(up[:n_box], ci, gts)
             scoremaps = prepare_scoremaps(low[:n_box], size, "MaxBoxAccV2")
             wsol_gts = [boxes_to_wsol_convention(g, size[1], size[0]) for g in gts]
             self.maxbox.accumulate(scoremaps, wsol_gts)
         if self.info.has_masks and masks_np is not None:
             assert self.dice is not None and self.pxap is not None
             if n_dice:
-                self.dice.accumulate(up[2 * n_box : 2 * n_box + n_dice], masks_np[dice_b, dice_c])
+                self.dice.accumulate(up[n_box : n_box + n_dice], masks_np[dice_b, dice_c])
             if len(pxap_b):
                 scoremaps = prepare_scoremaps(low[n_box:], size, "PxAP")
                 self.pxap.accumulate(scoremaps, masks_np[pxap_b, pxap_c])

@@ -202,3 +202,16 @@ def test_cuda_matches_cpu() -> None:
     a, b = cpu.compute(), gpu.compute()
     for key in a:
         assert a[key] == pytest.approx(b[key], nan_ok=True, abs=1e-6), key
+
+
+def test_point_accuracy_with_saturating_logits() -> None:
+    """Large logits (sigmoid == 1.0 in float32 everywhere above ~17) must not move the argmax."""
+    batch = _box_batch()
+    suite = LocalizationSuite(BOX_INFO, image_size=S)
+    # background 30, a peak of 40 at the centre of each GT box: every sigmoid rounds to 1.0
+    maps = torch.full((len(batch), 2, S, S), 30.0)
+    for i, boxes in enumerate(batch.boxes):
+        for c, x0, y0, x1, y1 in boxes.long().tolist():
+            maps[i, c, (y0 + y1) // 2, (x0 + x1) // 2] = 40.0
+    suite.accumulate(torch.zeros((3, 2)), maps, batch, "logits")
+    assert suite.compute()["point_acc_micro"] == 1.0
