@@ -63,14 +63,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if Path(source).suffix in (".yaml", ".yml"):
         source = load_config(source, overrides=_parse_overrides(args.set))
     metrics = evaluate(
-        source, args.split, out_path=args.out, batch_size=args.batch_size, device=args.device
+        source,
+        args.split,
+        out_path=args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        which=args.which,
     )
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from .config import DataConfig, config_from_dict, load_config
+    from .config import DataConfig, config_from_dict, load_config, merge_flat
     from .data import build_cache
 
     if args.config:
@@ -84,6 +89,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
                 "skip_bad_images": args.skip_bad_images,
             }
         }
+        raw = merge_flat(raw, _parse_overrides(args.set), "command line")
         data_cfg = config_from_dict(raw, source="command line").data
     assert isinstance(data_cfg, DataConfig)
     splits = tuple(args.splits.split(",")) if args.splits else None
@@ -138,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="write the metrics as JSON here")
     e.add_argument("--batch-size", type=int)
     e.add_argument("--device", default="auto")
+    e.add_argument(
+        "--which", choices=("best", "last"), default="best", help="checkpoint of a run folder"
+    )
     e.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     e.set_defaults(func=_cmd_evaluate)
 
