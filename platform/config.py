@@ -126,13 +126,24 @@ class EvalConfig:
 
     Attributes:
         split: split evaluated every epoch during training (never ``test``: only
-            ``lesionsweep evaluate`` may touch it).
+            ``lesionsweep evaluate`` may touch it); its metrics are reported as ``val/<key>``.
+        loc_split: a localization split evaluated every epoch next to ``split``, its metrics
+            reported as ``<loc_split>/<key>`` (e.g. ``val-loc/point_acc_micro``).
+            ``"auto"`` (default): when the ``split`` items carry no boxes or masks (its
+            ``DatasetInfo`` has ``has_boxes=False`` and ``has_masks=False``, as the image-label
+            ``val`` of NIH / RSNA / SIIM) and the dataset has a non-empty ``val-loc`` split with
+            boxes or masks, also evaluate ``val-loc``; otherwise nothing is added (the
+            phantom's ``val`` already has boxes and masks). ``None`` or ``"none"``: off.
+            ``"val-loc"``: always evaluate ``val-loc`` (unless ``split`` is ``val-loc``
+            itself, which is refused). Never a test split.
         batch_size: evaluation batch size.
-        select_metric, select_mode: what decides the "best" checkpoint.
+        select_metric, select_mode: what decides the "best" checkpoint; ``select_metric``
+            may name a ``val/`` or a ``<loc_split>/`` key.
         cam_curve_interval: threshold step of MaxBoxAccV2/PxAP.
     """
 
     split: str = "val"
+    loc_split: str | None = "auto"
     batch_size: int = 32
     select_metric: str = "val/auroc_macro"
     select_mode: str = "max"
@@ -286,6 +297,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "<config>") -> RunCon
             f"{source}: eval.split = {cfg.eval.split!r}: the test split is reachable only through "
             "`lesionsweep evaluate --split test`, never during training or a sweep"
         )
+    _check_loc_split(cfg.eval, source)
     for k in ("epochs", "batch_size"):
         if getattr(cfg.train, k) < 1:
             raise ConfigError(f"{source}: train.{k} must be >= 1, got {getattr(cfg.train, k)}")
@@ -294,6 +306,34 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "<config>") -> RunCon
     if cfg.train.in_chans not in (1, 3):
         raise ConfigError(f"{source}: train.in_chans must be 1 or 3, got {cfg.train.in_chans}")
     return cfg
+
+
+#: values of ``eval.loc_split`` besides None. ``val`` and ``train`` are not among them: the
+#: ``eval.split`` metrics are already reported as ``val/<key>`` and the train loss as
+#: ``train/loss``, so their keys would collide.
+LOC_SPLIT_CHOICES = ("auto", "none", "val-loc")
+
+
+def _check_loc_split(ev: EvalConfig, source: str) -> None:
+    """Refuse a test split, an unknown name or ``eval.split`` itself as ``eval.loc_split``."""
+    loc = ev.loc_split
+    if loc is None:
+        return
+    if loc.lower().startswith("test"):
+        raise ConfigError(
+            f"{source}: eval.loc_split = {loc!r}: the test split is reachable only through "
+            "`lesionsweep evaluate --split test-loc`, never during training or a sweep"
+        )
+    if loc not in LOC_SPLIT_CHOICES:
+        raise ConfigError(
+            f"{source}: eval.loc_split = {loc!r} is not allowed; choose null or one of: "
+            f"{', '.join(LOC_SPLIT_CHOICES)}"
+        )
+    if loc == ev.split:
+        raise ConfigError(
+            f"{source}: eval.loc_split = {loc!r} is eval.split itself; name another split, "
+            "'auto' or 'none'"
+        )
 
 
 def _check_component(section: str, name: Any, kwargs: Mapping[str, Any], source: str) -> None:

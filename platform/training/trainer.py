@@ -1,20 +1,28 @@
 """The single-run training loop (no Ray: runs on a bare machine with torch + timm).
 
 :func:`run_training` trains ``cfg.method`` on the ``train`` split and, after every epoch,
-evaluates the validation split ``cfg.eval.split`` with the :class:`LocalizationSuite`. It writes
+evaluates the validation split ``cfg.eval.split`` with the :class:`LocalizationSuite`, and, where
+``cfg.eval.loc_split`` resolves to a split (:func:`resolve_loc_split`: by default ``val-loc``
+when the ``eval.split`` items carry no boxes or masks, as NIH / RSNA / SIIM ``val``), that
+localization split too, so each epoch reports the validation AUROC and the localization metrics
+the dataset supports. It writes
 
 * ``out_dir/config.yaml``: the resolved config (:func:`lesionsweep.config.load_config` reads it);
 * ``out_dir/checkpoints/last.pt`` (every epoch) and ``best.pt`` (when ``eval.select_metric``
   improves), loadable with ``torch.load(weights_only=True)`` (see :mod:`.checkpoint`);
 * ``out_dir/tensorboard/``: a scalar per metric and map overlays of ``train.log_images`` fixed
-  validation images (see :mod:`.tensorboard`);
+  validation images (see :mod:`.tensorboard`), taken from ``eval.split`` unless it has neither
+  boxes nor masks and a localization split is evaluated, then from that split;
 * ``out_dir/metrics.jsonl``: one JSON object per epoch (rewritten atomically each epoch;
   non-finite values as null).
 
 Every epoch's metrics are one flat dict: ``epoch``, ``train/loss`` (mean over steps),
 ``train/images_per_s`` (all ranks together, data loading included), ``time/epoch_s`` (train +
 validation), ``lr`` (learning rate at the epoch's first step), ``val/loss`` and ``val/<key>`` for
-every suite key.
+every suite key of ``eval.split``, and ``<loc>/loss`` and ``<loc>/<key>`` (e.g.
+``val-loc/point_acc_micro``) for every suite key of the localization split ``<loc>`` when one is
+evaluated. ``eval.select_metric`` may name any of them; the plateau schedule and the divergence
+check use ``val/loss``.
 
 Determinism: the run seed fixes the model initialisation; every epoch reseeds Python, numpy and
 torch from ``(seed, epoch, rank)`` and the shuffling from ``(seed, epoch)``, so on the CPU the same
@@ -24,9 +32,9 @@ resume equality then holds only for deterministic datasets).
 
 Distributed data parallel: when ``torch.distributed`` is initialised (e.g. by Ray Train's
 TorchTrainer), the model is wrapped in DDP on ``cuda:$LOCAL_RANK`` (or the CPU), the train split
-is sharded with a :class:`DistributedSampler`, rank 0 alone evaluates the full validation split
-and writes files, the metrics are broadcast from rank 0, and the ``reporter`` is called on every
-rank with the same metrics (``checkpoint_dir`` only on rank 0).
+is sharded with a :class:`DistributedSampler`, rank 0 alone evaluates the full validation
+split(s) and writes files, the metrics are broadcast from rank 0, and the ``reporter`` is called
+on every rank with the same metrics (``checkpoint_dir`` only on rank 0).
 """
 
 from __future__ import annotations
@@ -39,14 +47,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
-from ..config import RunConfig, config_from_dict, dump_config
+from ..config import LOC_SPLIT_CHOICES, RunConfig, config_from_dict, dump_config
 from ..errors import ConfigError, DataError, TrainingError
 from ..io import atomic_write, atomic_write_text
 from .checkpoint import (
@@ -71,7 +79,10 @@ from .runtime import (
 )
 from .tensorboard import TensorBoardLogger
 
-__all__ = ["EpochReport", "TrainResult", "Trainer", "run_training"]
+if TYPE_CHECKING:
+    from ..data.types import DatasetInfo
+
+__all__ = ["EpochReport", "TrainResult", "Trainer", "resolve_loc_split", "run_training"]
 
 #: config keys that may change between an interrupted run and its resumption
 RESUMABLE_CHANGES = frozenset(
@@ -203,12 +214,86 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+def _has_loc_labels(info: DatasetInfo) -> bool:
+    return bool(info.has_boxes or info.has_masks)
+
+
+def _check_loc_split_name(split: str) -> None:
+    if split.lower().startswith("test"):
+        raise ConfigError(
+            f"eval.loc_split = {split!r}: a test split is reachable only through "
+            "`lesionsweep evaluate` (lesionsweep.training.evaluate), never during training or "
+            "a sweep; use 'val-loc', 'auto' or 'none'"
+        )
+
+
+def resolve_loc_split(cfg: RunConfig, eval_info: DatasetInfo) -> str | None:
+    """The localization split to evaluate every epoch next to ``cfg.eval.split``, or None.
+
+    ``eval.loc_split`` None or ``"none"``: None. ``"val-loc"``: that split (refused when it is
+    ``eval.split`` itself). ``"auto"``: ``"val-loc"`` when ``eval_info`` (the
+    ``DatasetInfo`` of the ``eval.split`` dataset) has neither boxes nor masks, ``eval.split`` is
+    not ``val-loc`` and the data source offers ``val-loc`` (the dataset class's ``splits``, or
+    the cache manifest when ``data.cache`` is set); else None. Whether the ``val-loc`` items
+    really carry boxes or masks, and whether there are any, is only known once the split is
+    built: the trainer drops an ``"auto"`` split that turns out empty or without them.
+
+    Raises:
+        ConfigError: ``eval.loc_split`` is a test split, ``eval.split`` itself or not one of
+            :data:`~lesionsweep.config.LOC_SPLIT_CHOICES` (a config built without
+            :func:`~lesionsweep.config.config_from_dict`'s checks).
+        DataError: ``data.cache`` is set but its manifest is missing or corrupt (``"auto"``).
+    """
+    loc = cfg.eval.loc_split
+    if loc is None or loc == "none":
+        return None
+    if loc != "auto":
+        _check_loc_split_name(loc)
+        if loc not in LOC_SPLIT_CHOICES:
+            raise ConfigError(
+                f"eval.loc_split = {loc!r} is not allowed; choose null or one of: "
+                f"{', '.join(LOC_SPLIT_CHOICES)}"
+            )
+        if loc == cfg.eval.split:
+            raise ConfigError(
+                f"eval.loc_split = {loc!r} is eval.split itself; name another split, 'auto' or "
+                "'none'"
+            )
+        return loc
+    if _has_loc_labels(eval_info) or cfg.eval.split == "val-loc":
+        return None
+    if cfg.data.cache:
+        from lesionsweep.data.cache import read_manifest
+
+        have = tuple(read_manifest(cfg.data.cache)["splits"])
+    else:
+        from lesionsweep.data import available_splits
+
+        have = available_splits(cfg.data.dataset)
+    return "val-loc" if "val-loc" in have else None
+
+
+@dataclass
+class _EvalTarget:
+    """One split evaluated on rank 0 every epoch: its name, metric prefix (``val`` for
+    ``eval.split``, the split's name for the localization split), loader, suite, overlays."""
+
+    split: str
+    prefix: str
+    loader: Any
+    suite: Any
+    overlays: int
+
+
 class Trainer:
     """The training loop behind :func:`run_training`.
 
-    ``datasets`` (``(train, val)``) replaces the datasets built from ``cfg.data``; the benchmark
-    uses it to feed preloaded data. Each must have ``.info`` (:class:`DatasetInfo`) and return
-    :class:`~lesionsweep.data.types.Sample`.
+    ``datasets`` (``(train, val)`` or ``(train, val, loc)``) replaces the datasets built from
+    ``cfg.data``; the benchmark uses it to feed preloaded data. Each must have ``.info``
+    (:class:`DatasetInfo`) and return :class:`~lesionsweep.data.types.Sample`. ``loc`` (may be
+    None) is the localization split's dataset (see :func:`resolve_loc_split`); without it,
+    ``eval.loc_split = "auto"`` adds no split and an explicit ``eval.loc_split`` is built from
+    ``cfg.data``.
     """
 
     def __init__(
@@ -217,9 +302,16 @@ class Trainer:
         out_dir: str | Path,
         *,
         progress: bool = False,
-        datasets: tuple[Dataset[Any], Dataset[Any]] | None = None,
+        datasets: tuple[Dataset[Any], ...] | None = None,
     ) -> None:
         check_training_split(cfg.eval.split)
+        if cfg.eval.loc_split not in (None, "auto", "none"):
+            _check_loc_split_name(cfg.eval.loc_split)
+        if datasets is not None and len(datasets) not in (2, 3):
+            raise ConfigError(
+                f"Trainer(datasets=...): expected (train, val) or (train, val, loc), got "
+                f"{len(datasets)} datasets"
+            )
         if cfg.eval.select_mode not in ("max", "min"):
             raise ConfigError(f"eval.select_mode = {cfg.eval.select_mode!r}: choose 'max' or 'min'")
         self.cfg = cfg
@@ -336,35 +428,85 @@ class Trainer:
                 f"batch of train.batch_size = {bs}"
             )
 
-        def setup_validation() -> tuple[Any, Any]:
+        def check_classes(ds: Any, split: str) -> DatasetInfo:
+            split_info: DatasetInfo = ds.info
+            if tuple(split_info.classes) != tuple(info.classes):
+                raise DataError(
+                    f"split {split!r} has classes {list(split_info.classes)} but the "
+                    f"train split has {list(info.classes)}"
+                )
+            return split_info
+
+        def setup_validation() -> list[_EvalTarget]:
             from lesionsweep.metrics import LocalizationSuite
 
             val_ds: Any = (
                 self.datasets[1] if self.datasets else build_dataset(cfg.data, cfg.eval.split)
             )
-            val_info = val_ds.info
-            if tuple(val_info.classes) != tuple(info.classes):
-                raise DataError(
-                    f"split {cfg.eval.split!r} has classes {list(val_info.classes)} but the "
-                    f"train split has {list(info.classes)}"
+            val_info = check_classes(val_ds, cfg.eval.split)
+            splits: list[tuple[str, Any, DatasetInfo]] = [("val", val_ds, val_info)]
+            loc_ds: Any = self.datasets[2] if self.datasets and len(self.datasets) > 2 else None
+            auto = cfg.eval.loc_split == "auto"
+            loc_split: str | None
+            if self.datasets is None:
+                loc_split = resolve_loc_split(cfg, val_info)
+            elif auto:  # injected data: only an injected loc dataset, when val lacks labels
+                wanted = loc_ds is not None and not _has_loc_labels(val_info)
+                loc_split = "val-loc" if wanted else None
+            else:
+                loc_split = resolve_loc_split(cfg, val_info)
+            if loc_split is not None:
+                if loc_ds is None:
+                    try:
+                        loc_ds = build_dataset(cfg.data, loc_split)
+                    except DataError as e:
+                        if not auto:
+                            raise
+                        raise DataError(
+                            f"{e} (eval.loc_split = 'auto' evaluates {loc_split!r} because "
+                            f"{cfg.eval.split!r} has no boxes or masks; set eval.loc_split: none "
+                            "to train without it)"
+                        ) from e
+                loc_info = check_classes(loc_ds, loc_split)
+                if len(loc_ds) == 0 and not auto:
+                    raise DataError(
+                        f"eval.loc_split = {loc_split!r}: the split of {loc_info.name!r} is empty"
+                    )
+                if len(loc_ds) > 0 and (_has_loc_labels(loc_info) or not auto):
+                    splits.append((loc_split, loc_ds, loc_info))
+                else:
+                    self._log(f"eval.loc_split = 'auto': {loc_split!r} is empty or unlabelled")
+            # overlays: from eval.split unless only the localization split has boxes / masks
+            shown = 0
+            if len(splits) > 1 and not _has_loc_labels(val_info):
+                shown = 1
+            keys = {"train/loss", "lr"}
+            targets: list[_EvalTarget] = []
+            for j, (prefix, ds, split_info) in enumerate(splits):
+                suite = LocalizationSuite(
+                    split_info, cfg.data.image_size, cfg.eval.cam_curve_interval
                 )
-            suite = LocalizationSuite(val_info, cfg.data.image_size, cfg.eval.cam_curve_interval)
-            # the suite's keys depend only on the dataset info: check the selection key now
-            keys = {f"val/{k}" for k in suite.compute()} | {"val/loss", "train/loss", "lr"}
+                # the suite's keys depend only on the dataset info: check the selection key now
+                keys |= {f"{prefix}/{k}" for k in suite.compute()} | {f"{prefix}/loss"}
+                loader = make_loader(
+                    ds,
+                    batch_size=cfg.eval.batch_size,
+                    num_workers=cfg.data.num_workers,
+                    device=dev,
+                )
+                n_overlays = cfg.train.log_images if j == shown else 0
+                split = cfg.eval.split if j == 0 else prefix
+                targets.append(_EvalTarget(split, prefix, loader, suite, n_overlays))
             if cfg.eval.select_metric not in keys:
                 raise ConfigError(
                     f"eval.select_metric = {cfg.eval.select_metric!r} is not a reported metric; "
                     f"choose one of: {', '.join(sorted(keys))}"
                 )
-            loader = make_loader(
-                val_ds,
-                batch_size=cfg.eval.batch_size,
-                num_workers=cfg.data.num_workers,
-                device=dev,
-            )
-            return loader, suite
+            if len(targets) > 1:
+                self._log(f"evaluating {cfg.eval.split!r} and {targets[1].split!r} each epoch")
+            return targets
 
-        val_loader, suite = self._on_main(setup_validation, share=False) or (None, None)
+        eval_targets: list[_EvalTarget] = self._on_main(setup_validation, share=False) or []
 
         def write_run_folder() -> None:
             # only now that data, method and metrics are known to build: a bad config or a
@@ -421,16 +563,25 @@ class Trainer:
                 failure: BaseException | None = None
                 if self.is_main:
                     try:
-                        val, overlays = evaluate_model(
-                            model,
-                            val_loader,  # type: ignore[arg-type]
-                            suite,
-                            dev,
-                            in_chans=cfg.train.in_chans,
-                            channels_last=cfg.train.channels_last,
-                            amp_dtype=amp_dtype,
-                            overlays=cfg.train.log_images,
-                        )
+                        evaluated: dict[str, float] = {}
+                        for j, target in enumerate(eval_targets):
+                            try:
+                                res, items = evaluate_model(
+                                    model,
+                                    target.loader,
+                                    target.suite,
+                                    dev,
+                                    in_chans=cfg.train.in_chans,
+                                    channels_last=cfg.train.channels_last,
+                                    amp_dtype=amp_dtype,
+                                    overlays=target.overlays,
+                                )
+                            except TrainingError as e:
+                                if j == 0:
+                                    raise
+                                raise TrainingError(f"split {target.split!r}: {e}") from e
+                            evaluated.update({f"{target.prefix}/{k}": v for k, v in res.items()})
+                            overlays.extend(items)
                     except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
                         failure = e
                     else:
@@ -441,7 +592,7 @@ class Trainer:
                             "time/epoch_s": time.perf_counter() - t_epoch,
                             "lr": lr,
                         }
-                        metrics.update({f"val/{k}": v for k, v in val.items()})
+                        metrics.update(evaluated)
                 # every rank learns the outcome of rank 0's validation (no rank left waiting)
                 metrics, error = _broadcast(
                     (metrics, None if failure is None else f"{type(failure).__name__}: {failure}"),

@@ -95,6 +95,12 @@ def test_unknown_loss_kwarg_and_names(tmp_path: Path) -> None:
         ("data", "image_size", None, r"data\.image_size: null is not allowed"),
         ("eval", "split", "test", r"eval\.split = 'test'.*lesionsweep evaluate"),
         ("eval", "split", "test-loc", r"eval\.split = 'test-loc'"),
+        ("eval", "loc_split", "test-loc", r"eval\.loc_split = 'test-loc'.*lesionsweep evaluate"),
+        ("eval", "loc_split", "Test", r"eval\.loc_split = 'Test'.*lesionsweep evaluate"),
+        ("eval", "loc_split", "val", r"eval\.loc_split = 'val' is not allowed.*auto, none"),
+        ("eval", "loc_split", "train", r"eval\.loc_split = 'train' is not allowed"),
+        ("eval", "loc_split", "valloc", r"eval\.loc_split = 'valloc' is not allowed.*val-loc"),
+        ("eval", "loc_split", 3, r"eval\.loc_split: expected a string, got 3"),
     ],
 )
 def test_bad_values_name_file_key_and_allowed(
@@ -203,3 +209,27 @@ def test_to_flat_keys_are_section_dot_key() -> None:
     assert all(
         k.split(".", 1)[0] in {"method", "loss", "data", "optim", "train", "eval"} for k in flat
     )
+
+
+def test_loc_split_values(tmp_path: Path) -> None:
+    assert RunConfig().eval.loc_split == "auto" == config_from_dict({}).eval.loc_split
+    for value in ("auto", "none", "val-loc", None):
+        doc = {**GOOD, "eval": {**GOOD["eval"], "loc_split": value}}
+        cfg = load_config(_write(tmp_path, doc))
+        assert cfg.eval.loc_split == value
+        dump_config(cfg, tmp_path / "again.yaml")
+        assert load_config(tmp_path / "again.yaml") == cfg
+    # the localization split cannot be eval.split itself
+    doc = {**GOOD, "eval": {"split": "val-loc", "loc_split": "val-loc"}}
+    with pytest.raises(ConfigError, match=r"eval\.loc_split = 'val-loc' is eval\.split itself"):
+        load_config(_write(tmp_path, doc))
+    assert config_from_flat({"eval.loc_split": "none"}).eval.loc_split == "none"
+
+
+def test_loc_split_choices_are_non_test_splits_of_the_data_layer() -> None:
+    from lesionsweep.config import LOC_SPLIT_CHOICES
+    from lesionsweep.data import SPLITS
+
+    names = [c for c in LOC_SPLIT_CHOICES if c not in ("auto", "none")]
+    assert names and set(names) <= set(SPLITS)
+    assert not any(n.startswith("test") for n in names)

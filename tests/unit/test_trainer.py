@@ -21,7 +21,7 @@ from lesionsweep.config import (
     config_from_dict,
     load_config,
 )
-from lesionsweep.errors import ConfigError, TrainingError
+from lesionsweep.errors import ConfigError, DataError, TrainingError
 from lesionsweep.methods import Method, MethodOutput, method_class, method_names
 from lesionsweep.methods import base as methods_base
 from lesionsweep.training import (
@@ -143,6 +143,8 @@ def test_run_writes_config_checkpoints_tensorboard_metrics(
         assert key in m and isinstance(m[key], float), key
     for key in ("val/auroc_macro", "val/point_acc_micro", "val/maxboxacc_v2", "val/pxap"):
         assert key in m
+    # the phantom's val has boxes and masks: eval.loc_split = "auto" adds no split
+    assert cfg.eval.loc_split == "auto" and not any(k.startswith("val-loc/") for k in m)
     assert m["train/images_per_s"] > 0 and math.isfinite(m["train/loss"])
 
     # result
@@ -335,6 +337,107 @@ def test_three_channel_input_and_step_schedule(tmp_path: Path) -> None:
     stem = [v for k, v in state["model"].items() if v.ndim == 4][0]
     assert stem.shape[1] == 3  # the backbone was built for 3 channels
     assert not list((tmp_path / "tensorboard").glob("*")) == []
+
+
+# ----------------------------------------------------------------------------- localization split
+
+
+@pytest.fixture(scope="module")
+def nih_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An NIH-format folder of 60 generated 64-px films: about 27 train, 18 val (image labels
+    only) and 4 val-loc (boxes) images with the options of :func:`nih`."""
+    from lesionsweep.data.standin import make_nih_root
+
+    root = tmp_path_factory.mktemp("nih")
+    make_nih_root(root, num_images=60, image_px=64, box_fraction=0.5, seed=1)
+    return root
+
+
+def nih(root: Path, **eval_: Any) -> RunConfig:
+    return tiny(
+        data={
+            "dataset": "nih",
+            "root": str(root),
+            "image_size": 64,
+            "options": {"val_fraction": 0.25, "val_loc_per_class": 1},
+        },
+        train={"epochs": 1, "log_images": 2},
+        eval={"select_metric": "val-loc/point_acc_micro", **eval_},
+    )
+
+
+def test_nih_reports_val_auroc_and_val_loc_localization(nih_root: Path, tmp_path: Path) -> None:
+    from lesionsweep.data import build_dataset
+
+    cfg = nih(nih_root)
+    assert cfg.eval.loc_split == "auto"
+    loc_ids = {str(i) for i in build_dataset(cfg.data, "val-loc").ids}  # type: ignore[attr-defined]
+    assert 0 < len(loc_ids) < 10
+    reports: list[EpochReport] = []
+    result = run_training(cfg, tmp_path, reporter=reports.append)
+    m = reports[-1].metrics
+    # val: image labels only -> AUROC, no localization keys; val-loc: boxes -> box metrics
+    assert math.isfinite(m["val/auroc_macro"]) and math.isfinite(m["val/loss"])
+    assert not any(k.startswith("val/point_acc") or k.startswith("val/maxbox") for k in m)
+    for key in ("val-loc/point_acc_micro", "val-loc/maxboxacc_v2", "val-loc/loss"):
+        assert key in m and math.isfinite(m[key]), key
+    assert 0.0 <= m["val-loc/point_acc_micro"] <= 1.0
+    assert "val-loc/pxap" not in m  # NIH has boxes, no masks
+    assert result.best_epoch == 1 and result.final == m
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "val-loc/point_acc_micro" in rows[0] and "val/auroc_macro" in rows[0]
+
+    # tensorboard: the new scalars, overlays from val-loc (val has no boxes to draw)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    assert set(tags["scalars"]) == set(m) - {"epoch"}
+    assert len(tags["images"]) == 2
+    assert {t.split("_", 1)[1] for t in tags["images"]} <= loc_ids  # maps/<slot>_<id>
+
+
+def test_loc_split_off_explicit_and_refused(nih_root: Path, tmp_path: Path) -> None:
+    from lesionsweep.data import build_dataset
+    from lesionsweep.training import Trainer
+
+    # off: val only, and a val-loc selection metric is then not a reported metric
+    with pytest.raises(ConfigError, match=r"'val-loc/point_acc_micro' is not a reported.*auroc"):
+        run_training(nih(nih_root, loc_split="none"), tmp_path / "off")
+    assert not (tmp_path / "off").exists()
+    off = run_training(
+        nih(nih_root, loc_split=None, select_metric="val/auroc_macro"), tmp_path / "off"
+    )
+    assert not any(k.startswith("val-loc/") for k in off.final)
+
+    # injected datasets: a third one is the localization split
+    cfg = nih(nih_root)
+    train, val, loc = (build_dataset(cfg.data, s) for s in ("train", "val", "val-loc"))
+    res = Trainer(cfg, tmp_path / "inj", datasets=(train, val, loc)).fit(resume=False)
+    assert "val-loc/point_acc_micro" in res.final and "val/auroc_macro" in res.final
+
+    # test splits and eval.split itself are refused, also in configs that skip the YAML checks
+    base = nih(nih_root)
+    for bad, pattern in [
+        ("test-loc", r"eval\.loc_split = 'test-loc'.*evaluate"),
+        ("val", r"eval\.loc_split = 'val' is not allowed"),
+    ]:
+        with pytest.raises(ConfigError, match=pattern):
+            run_training(base.replace(eval=EvalConfig(loc_split=bad)), tmp_path / "bad")
+    same_split = EvalConfig(split="val-loc", loc_split="val-loc")
+    with pytest.raises(ConfigError, match=r"is eval\.split itself"):
+        run_training(base.replace(eval=same_split), tmp_path / "bad")
+
+    # "auto" on a root without the box file: the error says how to train without val-loc
+    import shutil
+
+    no_boxes = tmp_path / "no_boxes"
+    shutil.copytree(nih_root, no_boxes)
+    (no_boxes / "BBox_List_2017.csv").unlink()
+    with pytest.raises(DataError, match=r"BBox_List.*eval\.loc_split: none"):
+        run_training(nih(no_boxes), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 # ----------------------------------------------------------------------------- schedules
