@@ -26,9 +26,10 @@ have one) runs the three stages end to end inside one trial:
    ``bg_threshold`` (:func:`.affinity.masks_from_random_walk`) on every positive train image
    (negative images get empty masks).
 3. **Segmentation** (``stage3_epochs``, ``stage3_lr``): :class:`~.unet.UNet` over the same timm
-   backbone (standard stride) trained with per-pixel BCE on the pseudo masks; optimiser family
-   from ``optim.name`` (with ``optim.momentum`` / ``optim.weight_decay``), ``stage3_lr`` for the
-   decoder and a tenth of it for the encoder (the reference's 1e-3 / 1e-4), polynomial decay.
+   backbone (standard stride) trained with per-pixel BCE on the pseudo masks; the platform's
+   optimiser (:func:`lesionsweep.training.build_optimizer`: ``optim.name``, ``optim.momentum``,
+   ``optim.weight_decay`` on weights of rank >= 2), ``stage3_lr`` for the decoder and a tenth of
+   it for the encoder (the reference's 1e-3 / 1e-4), polynomial decay.
 
 Small images: pairs live on the 1/4 grid, and ``radius`` / ``rw_radius`` are read on the
 reference's 128-pixel grid (512-px input) and scaled with the grid:
@@ -50,8 +51,11 @@ CAM Dice), ``stage1/cam_dice_oracle`` (CAMs gated by the true labels), ``stage2/
 terms), ``stage2/pseudo_dice`` / ``stage2/pseudo_dice_per_image`` (random-walk masks with the
 true labels on the Dice split), ``stage3/loss``.
 
-Files (``out_dir``): ``config.yaml``, ``metrics.jsonl``, and per stage ``stageN/done.json``
-(metrics, history and a fingerprint of the config keys the stage depends on),
+Files (``out_dir``), written only once the datasets, the method and the selection metric are
+known to build (a bad knob leaves no run folder), each atomically (temp file + rename, so a
+crash never leaves a torn file): ``config.yaml``, ``metrics.jsonl``, ``tensorboard/`` (a scalar
+per key measured at each step, and the ``val/*`` keys at every step), and per stage
+``stageN/done.json`` (metrics, history and a fingerprint of the config keys the stage depends on),
 ``stageN/checkpoint/model.pt`` (rewritten every epoch; the folder is what the reporter gets),
 ``stage1/classifier.pt``, ``stage1/cams_train.npy`` (positive train images) and
 ``stage1/cams_loc.npy`` (the Dice split), float16 ``[n, K, h, w]`` normalised CAMs at stride 8,
@@ -59,7 +63,9 @@ each with ``cams_*_index.npy`` (dataset indices), ``stage1/logits_loc.npy``,
 ``stage2/irnet.pt``, ``stage2/pseudo_masks_train.npy`` (``np.packbits`` along the width of bool
 ``[n, K, H, W]``) with its index file, ``stage3/segmenter.pt``. With ``resume=True`` a stage whose
 ``done.json`` fingerprint matches the current config is loaded instead of re-run (a changed knob
-re-runs its stage and the later ones); an interrupted stage restarts from its beginning.
+re-runs its stage and the later ones); an interrupted stage restarts from its beginning. Before
+stage N runs, the ``done.json`` of stages N..3 are removed, so after a crash inside it no later
+stage counts as finished over inputs it was not made from.
 
 Test splits: :func:`lesionsweep.training.evaluate` on a run folder calls
 :meth:`WSMIS.evaluate_run`, which scores the stage-1 classifier's logits (AUROC) and the stage-3
@@ -72,19 +78,22 @@ since the stages use no gradient scaler); CAMs, the IRNet losses and the random 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lesionsweep.io import atomic_write
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..backbones import create_backbone
 from ..base import Method, MethodOutput, register_method
@@ -100,7 +109,7 @@ from .dropblock import DropBlock2D, LinearWarmup
 from .irnet import IRNet, grid_size
 from .unet import UNet
 
-__all__ = ["WSMIS", "effective_radius"]
+__all__ = ["WSMIS", "effective_radius", "reported_keys"]
 
 IR_LABEL_MODES = ("confident", "raw")
 INIT_CHOICES = ("classifier", "pretrained")
@@ -127,6 +136,28 @@ def effective_radius(radius: int, grid: tuple[int, int]) -> int:
     grid keeps the pairs and the random walk's reach the same fraction of the image.
     """
     return int(max(2, math.floor(radius * min(grid) / 128 + 0.5)))
+
+
+def reported_keys(dice: bool) -> set[str]:
+    """Every metric key the pipeline reports (each report carries the latest value of all so far).
+
+    Args:
+        dice: whether a split with masks is available (``eval.split`` or ``val-loc``); without
+            one the Dice keys are absent.
+    """
+    keys = {
+        "epoch", "stage", "time/elapsed_s", "val/auroc_macro",
+        "stage1/loss", "stage1/auroc", "stage1/val_loss",
+        "stage2/loss", "stage2/pos", "stage2/neg", "stage2/dp_fg", "stage2/dp_bg",
+        "stage2/pseudo_fg_fraction", "stage3/loss",
+    }  # fmt: skip
+    if dice:
+        keys |= {
+            "val/dice_pooled", "val/dice_per_image", "stage1/cam_dice",
+            "stage1/cam_dice_per_image", "stage1/cam_dice_oracle", "stage2/pseudo_dice",
+            "stage2/pseudo_dice_per_image", "stage3/dice_pooled",
+        }  # fmt: skip
+    return keys
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -295,7 +326,7 @@ class WSMIS(Method):
         resume: bool = True,
         *,
         datasets: tuple[Dataset, Dataset, Dataset | None] | None = None,
-        progress: bool = True,
+        progress: bool = False,
     ) -> Any:
         """Run stages 1 -> 2 -> 3 for ``cfg`` into ``out_dir`` (see the module docstring).
 
@@ -307,7 +338,7 @@ class WSMIS(Method):
             resume: reuse finished stages whose config fingerprint matches.
             datasets: ``(train, eval, dice)`` datasets replacing those built from ``cfg.data``
                 (``dice`` must deliver masks, or be ``None`` for no Dice metrics).
-            progress: print one line per report to stderr.
+            progress: print one line per report (and per reused stage) to stderr.
 
         Returns:
             :class:`lesionsweep.training.trainer.TrainResult` over the global step series.
@@ -437,25 +468,71 @@ class WSMIS(Method):
 # ====================================================================== data helpers
 
 
-class _Indexed(Dataset):
-    """``(dataset index, Sample)`` for a subset of a dataset's indices."""
+class _IndexedLoader:
+    """Batches of a subset of a dataset with their dataset indices.
 
-    def __init__(self, ds: Dataset, indices: Sequence[int]) -> None:
+    Iterating yields ``(indices, batch)``: ``indices`` int64 ``[B]`` (positions in ``ds``) and
+    the :class:`~lesionsweep.data.types.Batch` of those samples. Each pass builds the platform's
+    loader (:func:`lesionsweep.training.runtime.make_loader`: pinned memory on CUDA, seeded
+    workers) over the subset in the pass's order, shuffled by one ``randperm`` of ``generator``
+    per pass (as a shuffling ``DataLoader``) or as given.
+
+    Args:
+        ds: the dataset.
+        indices: the dataset positions to visit.
+        batch_size, num_workers, device, drop_last: as :func:`make_loader`.
+        shuffle: a new order per pass (``generator`` required).
+        generator: the shuffling generator (also seeds the loader's workers).
+        masks: deliver ``batch.masks`` and boxes (``False``: image labels only).
+    """
+
+    def __init__(
+        self,
+        ds: Dataset,
+        indices: Sequence[int],
+        *,
+        batch_size: int,
+        num_workers: int,
+        device: torch.device,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+        masks: bool = False,
+    ) -> None:
         self.ds = ds
-        self.indices = [int(i) for i in indices]
+        self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.device = device
+        self.shuffle = shuffle
+        self.generator = generator
+        self.drop_last = drop_last
+        self.masks = masks
 
     def __len__(self) -> int:
-        return len(self.indices)
+        n, bs = len(self.indices), self.batch_size
+        return n // bs if self.drop_last else -(-n // bs)
 
-    def __getitem__(self, i: int) -> tuple[int, Any]:
-        j = self.indices[i]
-        return j, self.ds[j]
+    def __iter__(self) -> Iterator[tuple[np.ndarray, Any]]:
+        from lesionsweep.training.runtime import make_loader
 
-
-def _collate_indexed(items: list[tuple[int, Any]]) -> tuple[torch.Tensor, Any]:
-    from lesionsweep.data.types import collate
-
-    return torch.tensor([i for i, _ in items], dtype=torch.long), collate([s for _, s in items])
+        order = self.indices
+        if self.shuffle:
+            order = order[torch.randperm(len(order), generator=self.generator).numpy()]
+        loader = make_loader(
+            Subset(self.ds, order.tolist()),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            device=self.device,
+            generator=self.generator,
+            drop_last=self.drop_last,
+            labels_only=not self.masks,
+        )
+        off = 0
+        for batch in loader:
+            n = len(batch)
+            yield order[off : off + n], batch
+            off += n
 
 
 def _labels_of(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -494,6 +571,18 @@ def _poly(optimizer: torch.optim.Optimizer, base: list[float], step: int, total:
         g["lr"] = b * f
 
 
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` atomically (temp file in the same folder, fsync, rename): never a torn file."""
+
+    def _w(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(path, _w)
+
+
 def _pack(masks: np.ndarray) -> np.ndarray:
     return np.packbits(masks.astype(bool), axis=-1)
 
@@ -512,7 +601,7 @@ class _Pipeline:
         out_dir: Path,
         reporter: Callable[[Any], None] | None,
         datasets: tuple[Dataset, Dataset, Dataset | None] | None = None,
-        progress: bool = True,
+        progress: bool = False,
     ) -> None:
         import torch.distributed as dist
         from lesionsweep.training.runtime import (
@@ -538,7 +627,8 @@ class _Pipeline:
         self.latest: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
         self.t0 = time.perf_counter()
-        self.flat = _flat_config(cfg)
+        self.flat = cfg.to_flat()
+        self.tb: Any = None
         self.datasets = datasets
         self.progress = progress
 
@@ -559,20 +649,30 @@ class _Pipeline:
             batch.images, self.device, self.cfg.train.in_chans, self.cfg.train.channels_last
         )
 
-    def loader(self, ds: Dataset, indices: Sequence[int], shuffle: bool, train: bool,
-               gen: torch.Generator | None = None) -> DataLoader:  # fmt: skip
+    def loader(
+        self,
+        ds: Dataset,
+        indices: Sequence[int],
+        *,
+        train: bool,
+        shuffle: bool = False,
+        gen: torch.Generator | None = None,
+        masks: bool = False,
+    ) -> _IndexedLoader:
+        """``(indices, batch)`` pairs over ``ds[indices]``: training (``train.batch_size``, last
+        partial batch dropped when there is more than one) or evaluation batches
+        (``eval.batch_size``); ``masks`` for batches that need ``batch.masks``."""
         bs = self.cfg.train.batch_size if train else self.cfg.eval.batch_size
-        nw = self.cfg.data.num_workers
-        return DataLoader(
-            _Indexed(ds, indices),
+        return _IndexedLoader(
+            ds,
+            indices,
             batch_size=bs,
+            num_workers=self.cfg.data.num_workers,
+            device=self.device,
             shuffle=shuffle,
             generator=gen,
-            num_workers=nw,
-            collate_fn=_collate_indexed,
-            pin_memory=self.device.type == "cuda",
             drop_last=train and len(indices) > bs,
-            persistent_workers=False,
+            masks=masks,
         )
 
     def fingerprint(self, stage: int) -> dict[str, Any]:
@@ -586,18 +686,27 @@ class _Pipeline:
             d = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError):
             return None
-        return d if d.get("fingerprint") == _jsonable(self.fingerprint(stage)) else None
+        return d if d.get("fingerprint") == self.fingerprint(stage) else None
+
+    def forget(self, stage: int) -> None:
+        """Remove the ``done.json`` markers of stages ``stage..3`` (before ``stage`` re-runs):
+        a crash inside the re-run then never leaves a later stage marked finished over outputs
+        that no longer match its inputs."""
+        for s in range(stage, 4):
+            (self.out / f"stage{s}" / "done.json").unlink(missing_ok=True)
 
     def mark_done(self, stage: int, metrics: dict[str, float], history: list[dict[str, float]]):
         from lesionsweep.io import atomic_write_text
+        from lesionsweep.training.evaluate import json_safe
 
         d = {
-            "fingerprint": _jsonable(self.fingerprint(stage)),
-            "metrics": _jsonable(metrics),
-            "history": _jsonable(history),
+            "fingerprint": self.fingerprint(stage),
+            "metrics": json_safe(metrics),
+            "history": [json_safe(h) for h in history],
             "step": self.step,
         }
-        atomic_write_text(self.out / f"stage{stage}" / "done.json", json.dumps(d, indent=1))
+        text = json.dumps(d, indent=1, allow_nan=False)
+        atomic_write_text(self.out / f"stage{stage}" / "done.json", text)
 
     def save_model(self, path: Path, model: nn.Module, extra: dict[str, Any] | None = None):
         from lesionsweep.training.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
@@ -631,6 +740,12 @@ class _Pipeline:
         self.stage_history.append(row)
         lines = "".join(json.dumps(json_safe(h)) + "\n" for h in self.history)
         atomic_write_text(self.out / "metrics.jsonl", lines)
+        if self.tb is not None:
+            # what this step measured, plus the pipeline's current output (val/*, carried over)
+            fresh = {k: v for k, v in row.items() if k.startswith("val/") or k in metrics}
+            fresh.update(stage=float(stage), **{"time/elapsed_s": row["time/elapsed_s"]})
+            self.tb.log_scalars(fresh, self.step)
+            self.tb.flush()
         key = self.cfg.eval.select_metric
         vals = [h.get(key, math.nan) for h in self.history]
         best = _best_index(vals, self.cfg.eval.select_mode)
@@ -652,12 +767,11 @@ class _Pipeline:
     def run(self, resume: bool) -> Any:
         from lesionsweep.config import dump_config
         from lesionsweep.data import build_dataset
+        from lesionsweep.training import TensorBoardLogger
         from lesionsweep.training.runtime import build_method, seed_everything
         from lesionsweep.training.trainer import TrainResult
 
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, self.out / "config.yaml")
         seed_everything(cfg.train.seed)
         if self.datasets is not None:
             self.train_ds, self.eval_ds, self.loc_ds = self.datasets
@@ -668,12 +782,7 @@ class _Pipeline:
             self.eval_ds = build_dataset(cfg.data, cfg.eval.split)
             self.loc_ds = self._dice_split(build_dataset)
         self.info = self.train_ds.info
-        if self.loc_ds is None and cfg.eval.select_metric.startswith("val/dice"):
-            raise _config_error(
-                f"eval.select_metric = {cfg.eval.select_metric!r} needs masks, but neither "
-                f"eval.split = {cfg.eval.split!r} nor a 'val-loc' split of dataset "
-                f"{self.info.name!r} has them; select on val/auroc_macro instead"
-            )
+        self._check_select_metric()
         model = build_method(cfg, self.info)
         if not isinstance(model, WSMIS):
             raise _config_error(f"method {cfg.method.name!r} is not the wsmis pipeline")
@@ -687,27 +796,35 @@ class _Pipeline:
                 "pipeline needs positives to learn CAMs, IRNet and pseudo masks"
             )
 
+        # only now that data, method and metrics are known to build: a bad knob or a missing
+        # dataset file leaves no half-written run folder behind (as the ordinary trainer)
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, self.out / "config.yaml")
         rerun = not resume
-        for stage, fn in ((1, self.stage1), (2, self.stage2), (3, self.stage3)):
-            self.stage_history: list[dict[str, float]] = []
-            d = None if rerun else self.done(stage)
-            if d is not None and self.load_stage(stage, d):
-                self.log(f"stage {stage}: finished in {self.out / f'stage{stage}'}, loaded")
-                continue
-            rerun = True
-            (self.out / f"stage{stage}").mkdir(parents=True, exist_ok=True)
-            seed_everything(cfg.train.seed + 1000 * stage)
-            metrics = fn()
-            self.mark_done(stage, metrics, self.stage_history)
+        try:
+            for stage, fn in ((1, self.stage1), (2, self.stage2), (3, self.stage3)):
+                self.stage_history: list[dict[str, float]] = []
+                d = None if rerun else self.done(stage)
+                if d is not None and self.load_stage(stage, d):
+                    self.log(f"stage {stage}: finished in {self.out / f'stage{stage}'}, loaded")
+                    continue
+                rerun = True
+                self.forget(stage)
+                if self.tb is None:
+                    # events of an interrupted earlier run at the re-run steps are hidden
+                    self.tb = TensorBoardLogger(self.out / "tensorboard", purge_step=self.step + 1)
+                (self.out / f"stage{stage}").mkdir(parents=True, exist_ok=True)
+                seed_everything(cfg.train.seed + 1000 * stage)
+                metrics = fn()
+                self.mark_done(stage, metrics, self.stage_history)
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+                self.tb = None
 
         key = cfg.eval.select_metric
         if not self.history:
             raise _training_error(f"{self.out}: no step was recorded")
-        if key not in self.history[-1]:
-            raise _config_error(
-                f"eval.select_metric = {key!r} is not a reported metric of wsmis; "
-                f"choose one of: {', '.join(sorted(self.history[-1]))}"
-            )
         b = _best_index([h.get(key, math.nan) for h in self.history], cfg.eval.select_mode)
         return TrainResult(
             final=dict(self.history[-1]),
@@ -718,6 +835,22 @@ class _Pipeline:
             wall_time_s=time.perf_counter() - self.t0,
             out_dir=self.out,
         )
+
+    def _check_select_metric(self) -> None:
+        """Refuse an ``eval.select_metric`` the pipeline never reports (before any stage)."""
+        key = self.cfg.eval.select_metric
+        if self.loc_ds is None and key.startswith("val/dice"):
+            raise _config_error(
+                f"eval.select_metric = {key!r} needs masks, but neither "
+                f"eval.split = {self.cfg.eval.split!r} nor a 'val-loc' split of dataset "
+                f"{self.train_ds.info.name!r} has them; select on val/auroc_macro instead"
+            )
+        keys = reported_keys(self.loc_ds is not None)
+        if key not in keys:
+            raise _config_error(
+                f"eval.select_metric = {key!r} is not a reported metric of wsmis; "
+                f"choose one of: {', '.join(sorted(keys))}"
+            )
 
     def _dice_split(self, build: Callable[..., Any]) -> Any:
         if self.eval_ds.info.has_masks:
@@ -772,7 +905,7 @@ class _Pipeline:
         opt = build_optimizer(model, cfg.optim)
         gen = torch.Generator().manual_seed(cfg.train.seed)
         n = len(self.train_ds)
-        loader = self.loader(self.train_ds, range(n), shuffle=True, train=True, gen=gen)
+        loader = self.loader(self.train_ds, range(n), train=True, shuffle=True, gen=gen)
         steps = len(loader)
         if cfg.train.max_steps_per_epoch > 0:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -814,12 +947,12 @@ class _Pipeline:
             idx = np.arange(len(self.loc_ds))
             cam, logits = self.extract_cams(self.loc_ds, idx)
             self._store_cams(sd, "loc", cam, idx)
-            np.save(sd / "logits_loc.npy", logits)
+            _save_npy(sd / "logits_loc.npy", logits)
         return metrics
 
     def _store_cams(self, sd: Path, split: str, cam: np.ndarray, idx: np.ndarray) -> None:
-        np.save(sd / f"cams_{split}.npy", cam)
-        np.save(sd / f"cams_{split}_index.npy", np.asarray(idx, dtype=np.int64))
+        _save_npy(sd / f"cams_{split}.npy", cam)
+        _save_npy(sd / f"cams_{split}_index.npy", np.asarray(idx, dtype=np.int64))
         self.cams[split] = cam
         self.cam_index[split] = np.asarray(idx, dtype=np.int64)
 
@@ -835,7 +968,7 @@ class _Pipeline:
         """Normalised ``cam_kind`` maps (float16 ``[n, K, h, w]``) and logits ``[n, K]``."""
         model = self.model.eval()
         cams, logits = [], []
-        for _, batch in self.loader(ds, idx, shuffle=False, train=False):
+        for _, batch in self.loader(ds, idx, train=False):
             with self.autocast():
                 out = model(self.images(batch))
             cam = model.cams_from_features(out.extras["features"])
@@ -853,7 +986,9 @@ class _Pipeline:
         loss_sum, n = 0.0, 0
         same = self.loc_ds is self.eval_ds
         dice_gated, dice_oracle = DiceEvaluator(0.5), DiceEvaluator(0.5)
-        for _, batch in self.loader(self.eval_ds, range(len(self.eval_ds)), False, False):
+        for _, batch in self.loader(
+            self.eval_ds, range(len(self.eval_ds)), train=False, masks=same
+        ):
             x = self.images(batch)
             with self.autocast():
                 out = model(x)
@@ -865,7 +1000,9 @@ class _Pipeline:
             if same:
                 self._cam_dice(x, out, batch, dice_gated, dice_oracle)
         if self.loc_ds is not None and not same:
-            for _, batch in self.loader(self.loc_ds, range(len(self.loc_ds)), False, False):
+            for _, batch in self.loader(
+                self.loc_ds, range(len(self.loc_ds)), train=False, masks=True
+            ):
                 x = self.images(batch)
                 with self.autocast():
                     out_l = model(x)
@@ -943,7 +1080,7 @@ class _Pipeline:
         base = [g["lr"] for g in opt.param_groups]
         gen = torch.Generator().manual_seed(cfg.train.seed + 2)
         flip_gen = torch.Generator().manual_seed(cfg.train.seed + 3)
-        loader = self.loader(self.train_ds, self.pos_idx, shuffle=True, train=True, gen=gen)
+        loader = self.loader(self.train_ds, self.pos_idx, train=True, shuffle=True, gen=gen)
         steps = len(loader)
         if cfg.train.max_steps_per_epoch > 0:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -997,7 +1134,7 @@ class _Pipeline:
         net.eval()
         net.dp_mean.zero_()
         acc, n = torch.zeros(2, device=self.device), 0
-        for _, batch in self.loader(self.train_ds, self.pos_idx, shuffle=False, train=False):
+        for _, batch in self.loader(self.train_ds, self.pos_idx, train=False):
             _, disp = net(self.images(batch))
             acc += disp.float().mean(dim=(2, 3)).sum(0)
             n += len(batch)
@@ -1026,7 +1163,7 @@ class _Pipeline:
         grid = grid_size(*size)
         row_of = {int(j): r for r, j in enumerate(self.cam_index["train"])}
         packed = []
-        for idx, batch in self.loader(self.train_ds, self.pos_idx, shuffle=False, train=False):
+        for idx, batch in self.loader(self.train_ds, self.pos_idx, train=False):
             rows = np.array([row_of[int(j)] for j in idx])
             x = self.images(batch)
             masks = self.propagate(net, x, self.grid_cams("train", rows, grid),
@@ -1034,8 +1171,8 @@ class _Pipeline:
             packed.append(_pack(masks.cpu().numpy()))
         self.pseudo = np.concatenate(packed)
         self.pseudo_index = np.asarray(self.pos_idx, dtype=np.int64)
-        np.save(sd / "pseudo_masks_train.npy", self.pseudo)
-        np.save(sd / "pseudo_masks_train_index.npy", self.pseudo_index)
+        _save_npy(sd / "pseudo_masks_train.npy", self.pseudo)
+        _save_npy(sd / "pseudo_masks_train_index.npy", self.pseudo_index)
         out: dict[str, float] = {
             "stage2/pseudo_fg_fraction": float(
                 _unpack(self.pseudo, size[1]).mean() if len(self.pseudo) else 0.0
@@ -1045,7 +1182,9 @@ class _Pipeline:
             return out
         ev = DiceEvaluator(0.5)
         row_loc = {int(j): r for r, j in enumerate(self.cam_index["loc"])}
-        for idx, batch in self.loader(self.loc_ds, range(len(self.loc_ds)), False, False):
+        for idx, batch in self.loader(
+            self.loc_ds, range(len(self.loc_ds)), train=False, masks=True
+        ):
             rows = np.array([row_loc[int(j)] for j in idx])
             x = self.images(batch)
             masks = self.propagate(net, x, self.grid_cams("loc", rows, grid),
@@ -1070,26 +1209,12 @@ class _Pipeline:
         cfg, s = self.cfg, self.s
         sd = self.out / "stage3"
         net = self.build_unet()
-        lr = s["stage3_lr"]
-        enc = list(net.encoder.parameters())
-        enc_ids = {id(p) for p in enc}
-        dec = [p for p in net.parameters() if id(p) not in enc_ids]
-        groups = [{"params": enc, "lr": 0.1 * lr}, {"params": dec, "lr": lr}]
-        wd = cfg.optim.weight_decay
-        if cfg.optim.name == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(
-                groups, lr=lr, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
-                weight_decay=wd,
-            )  # fmt: skip
-        elif cfg.optim.name == "adamw":
-            opt = torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
-        else:
-            opt = torch.optim.Adam(groups, lr=lr, weight_decay=wd)
+        opt = self.stage3_optimizer(net)
         base = [g["lr"] for g in opt.param_groups]
         gen = torch.Generator().manual_seed(cfg.train.seed + 4)
         flip_gen = torch.Generator().manual_seed(cfg.train.seed + 5)
         n = len(self.train_ds)
-        loader = self.loader(self.train_ds, range(n), shuffle=True, train=True, gen=gen)
+        loader = self.loader(self.train_ds, range(n), train=True, shuffle=True, gen=gen)
         steps = len(loader)
         if cfg.train.max_steps_per_epoch > 0:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -1134,6 +1259,25 @@ class _Pipeline:
         self.save_model(sd / "segmenter.pt", net)
         return metrics
 
+    def stage3_optimizer(self, net: UNet) -> torch.optim.Optimizer:
+        """The platform's optimiser (:func:`lesionsweep.training.build_optimizer`: family,
+        momentum, weight decay on weights of rank >= 2 only) at ``stage3_lr``, its groups split
+        so the encoder runs at a tenth of the decoder's rate (the reference's 1e-4 / 1e-3)."""
+        from lesionsweep.training import build_optimizer
+
+        lr = self.s["stage3_lr"]
+        opt = build_optimizer(net, dataclasses.replace(self.cfg.optim, lr=lr))
+        enc_ids = {id(p) for p in net.encoder.parameters()}
+        groups = list(opt.param_groups)
+        opt.param_groups.clear()  # no step taken yet: the optimiser holds no state
+        for g in groups:
+            for in_enc, scale in ((True, 0.1), (False, 1.0)):
+                params = [p for p in g["params"] if (id(p) in enc_ids) == in_enc]
+                if params:
+                    opts = {k: v for k, v in g.items() if k != "params"}
+                    opt.add_param_group({**opts, "params": params, "lr": g["lr"] * scale})
+        return opt
+
     @torch.no_grad()
     def eval_segmenter(self, net: UNet) -> dict[str, float]:
         from lesionsweep.metrics import DiceEvaluator
@@ -1142,7 +1286,7 @@ class _Pipeline:
             return {}
         net.eval()
         ev = DiceEvaluator(0.5)
-        for _, batch in self.loader(self.loc_ds, range(len(self.loc_ds)), False, False):
+        for _, batch in self.loader(self.loc_ds, range(len(self.loc_ds)), train=False, masks=True):
             with self.autocast():
                 logits = net(self.images(batch))
             self._add_dice(ev, torch.sigmoid(logits.float()) > 0.5, batch)
@@ -1154,22 +1298,19 @@ class _Pipeline:
 # ====================================================================== small helpers
 
 
-def _flat_config(cfg: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for sec, body in cfg.to_dict().items():
-        for k, v in body.items():
-            out[f"{sec}.{k}"] = v
-    return out
-
-
 def _fingerprint(flat: Mapping[str, Any], stage: int) -> dict[str, Any]:
-    """The config values stages ``1..stage`` depend on (flat keys), as stored in ``done.json``."""
+    """The config values stages ``1..stage`` depend on (flat keys), in the JSON form stored in
+    ``done.json`` (lists for tuples, ``None`` for non-finite floats), so it compares equal to
+    what is read back."""
+    from lesionsweep.training.evaluate import json_safe
+
     keys = [k for k in flat if not k.startswith(("method.", "eval.")) and k not in _VOLATILE] + [
         "eval.split"
     ]
     for s in range(1, stage + 1):
         keys += [f"method.{k}" for k in _STAGE_KNOBS[s]]
-    return {k: flat.get(k) for k in sorted(set(keys))}
+    values = json_safe({k: flat.get(k) for k in sorted(set(keys))})
+    return json.loads(json.dumps(values, default=str, allow_nan=False))
 
 
 def _check_stage3_current(run: Path) -> None:
@@ -1185,16 +1326,12 @@ def _check_stage3_current(run: Path) -> None:
             "run or resume the pipeline first"
         ) from None
     stored = load_config(run / "config.yaml")
-    if d.get("fingerprint") != _jsonable(_fingerprint(_flat_config(stored), 3)):
+    if d.get("fingerprint") != _fingerprint(stored.to_flat(), 3):
         raise _config_error(
             f"evaluate: {run}: stage3/segmenter.pt was trained with another config than "
             f"{run / 'config.yaml'} (a re-run with changed knobs did not finish); resume the "
             "pipeline first"
         )
-
-
-def _jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=str, allow_nan=True))
 
 
 def _best_index(values: Sequence[float], mode: str) -> int:

@@ -153,7 +153,7 @@ def run_training(
     """Train one config and evaluate it on its validation split after every epoch.
 
     If the method class has a callable ``run_pipeline`` (a multi-stage pipeline), the call is
-    delegated to ``cls.run_pipeline(cfg, out_dir, reporter, resume)``.
+    delegated to ``cls.run_pipeline(cfg, out_dir, reporter, resume, progress=progress)``.
 
     Args:
         cfg: the run config (``eval.split`` must not be a test split).
@@ -175,7 +175,7 @@ def run_training(
         raise ConfigError(f"method.name = {cfg.method.name!r}: {e.args[0]}") from None
     pipeline = getattr(cls, "run_pipeline", None)
     if callable(pipeline):
-        return pipeline(cfg, Path(out_dir), reporter, resume)
+        return pipeline(cfg, Path(out_dir), reporter, resume, progress=progress)
     return Trainer(cfg, out_dir, progress=progress).fit(reporter=reporter, resume=resume)
 
 

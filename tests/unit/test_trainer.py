@@ -315,7 +315,9 @@ def test_pipeline_methods_are_delegated(register: Any, tmp_path: Path) -> None:
 
     class _Pipeline(_NanAt):
         @classmethod
-        def run_pipeline(cls, cfg: RunConfig, out_dir: Path, reporter: Any, resume: bool) -> Any:
+        def run_pipeline(
+            cls, cfg: RunConfig, out_dir: Path, reporter: Any, resume: bool, progress: bool = False
+        ) -> Any:
             calls.append((cfg.method.name, out_dir, reporter, resume))
             return "delegated"
 

@@ -6,6 +6,7 @@ Dice of thresholded stage-1 CAMs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 import torch
 from lesionsweep.config import config_from_dict
 from lesionsweep.errors import ConfigError
+from lesionsweep.methods.wsmis import WSMIS
+from lesionsweep.methods.wsmis.pipeline import reported_keys
 from lesionsweep.training.trainer import EpochReport, run_training
 
 
@@ -41,10 +44,20 @@ def _cfg(**method: object) -> object:
     )
 
 
-def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
+def _scalars(run: Path) -> dict[str, list[int]]:
+    """TensorBoard steps per scalar tag of a run folder (purged steps left out)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    return {t: [e.step for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def test_pipeline_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _cfg()
     reports: list[EpochReport] = []
     res = run_training(cfg, tmp_path, reporter=reports.append, resume=True)
+    assert "[wsmis]" not in capsys.readouterr().err  # progress is off by default
 
     # one report per epoch of each stage, one increasing step series
     assert [r.epoch for r in reports] == [1, 2, 3]
@@ -54,6 +67,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
                 "val/dice_pooled", "val/dice_per_image", "val/auroc_macro"):  # fmt: skip
         assert all(key in r.metrics for r in reports), key
     assert "stage2/pseudo_dice" in reports[1].metrics and "stage3/loss" in reports[2].metrics
+    assert set(reports[2].metrics) == reported_keys(True)
     for r in reports:
         assert all(math.isfinite(v) for k, v in r.metrics.items() if k != "stage1/auroc")
         assert r.checkpoint_dir is not None and (r.checkpoint_dir / "model.pt").is_file()
@@ -74,12 +88,23 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
     assert len(json.loads((s1 / "done.json").read_text())["history"]) == 1
     assert res.epochs_run == 3 and res.final["epoch"] == 3.0
     assert res.best_epoch in (1, 2, 3) and res.out_dir == tmp_path
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]  # atomic writes
+    tb = _scalars(tmp_path)
+    assert tb["stage1/loss"] == [1] and tb["stage2/loss"] == [2] and tb["stage3/loss"] == [3]
+    assert tb["val/dice_pooled"] == [1, 2, 3]
 
     # resume: every stage is finished -> nothing re-runs, same result
     again: list[EpochReport] = []
-    res2 = run_training(cfg, tmp_path, reporter=again.append, resume=True)
+    res2 = WSMIS.run_pipeline(cfg, tmp_path, again.append, True, progress=True)
     assert again == []
     assert res2.final == res.final and res2.epochs_run == 3
+    assert "[wsmis] stage 3: finished" in capsys.readouterr().err
+
+    # a bad knob fails before anything of the finished run is touched
+    before = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="ir_labels"):
+        run_training(_cfg(ir_labels="fuzzy", stage3_epochs=2), tmp_path)
+    assert (tmp_path / "config.yaml").read_text() == before
 
     # a stage-3 knob re-runs only stage 3, which continues the step series after stage 2
     cfg3 = _cfg(stage3_epochs=2)
@@ -88,6 +113,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path) -> None:
     assert [r.epoch for r in again] == [3, 4] and all(r.metrics["stage"] == 3 for r in again)
     assert res3.epochs_run == 4
     assert np.array_equal(np.load(s1 / "cams_train.npy"), cams)  # stage 1 kept
+    assert _scalars(tmp_path)["stage3/loss"] == [3, 4]  # the old step-3 event is purged
 
     # resume=False re-runs everything
     again = []
@@ -129,13 +155,97 @@ def test_evaluate_a_run_folder_on_val_and_test_loc(tmp_path: Path) -> None:
         evaluate(tmp_path, "test-loc")
 
 
-def test_bad_knobs_are_config_errors(tmp_path: Path) -> None:
+def test_bad_knobs_are_config_errors_and_leave_no_run_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
     with pytest.raises(ConfigError, match="ir_labels"):
-        run_training(_cfg(ir_labels="fuzzy"), tmp_path)
+        run_training(_cfg(ir_labels="fuzzy"), run)
+    assert not run.exists()
     with pytest.raises(ConfigError, match="conf_bg"):
-        run_training(_cfg(conf_fg=0.1, conf_bg=0.2), tmp_path)
+        run_training(_cfg(conf_fg=0.1, conf_bg=0.2), run)
+    assert not run.exists()
+    cfg = _cfg()
+    bad = cfg.replace(eval=dataclasses.replace(cfg.eval, select_metric="val/dise_pooled"))
+    with pytest.raises(ConfigError, match=r"'val/dise_pooled' is not a reported.*val/dice_pooled"):
+        run_training(bad, run)
+    assert not run.exists()
     with pytest.raises(ConfigError, match="unknown key"):
         _cfg(not_a_knob=1)
+
+
+def test_a_rerun_stage_forgets_later_stages_before_it_runs(tmp_path: Path) -> None:
+    cfg = _cfg()
+    run_training(cfg, tmp_path)
+    done = [tmp_path / f"stage{i}" / "done.json" for i in (1, 2, 3)]
+    assert all(p.is_file() for p in done)
+
+    class Crash(Exception):
+        pass
+
+    def crash_in_stage2(report: EpochReport) -> None:
+        if report.metrics["stage"] == 2:  # its pseudo masks are already rewritten
+            raise Crash
+
+    # a stage-2 knob re-runs stages 2 and 3; the run dies inside stage 2
+    with pytest.raises(Crash):
+        run_training(_cfg(beta=5.0), tmp_path, reporter=crash_in_stage2)
+    assert done[0].is_file() and not done[1].exists() and not done[2].exists()
+
+    # resuming with the old config cannot reuse stage 2/3 over the new pseudo masks
+    reports: list[EpochReport] = []
+    run_training(cfg, tmp_path, reporter=reports.append)
+    assert [r.metrics["stage"] for r in reports] == [2.0, 3.0]
+    assert all(p.is_file() for p in done)
+
+
+def test_indexed_loader_yields_the_dataset_indices_of_each_batch() -> None:
+    from lesionsweep.data import build_dataset
+    from lesionsweep.methods.wsmis.pipeline import _IndexedLoader
+
+    ds = build_dataset(_cfg().data, "train")
+    want = np.arange(1, len(ds), 2)
+    gen = torch.Generator().manual_seed(0)
+    loader = _IndexedLoader(
+        ds, want, batch_size=3, num_workers=0, device=torch.device("cpu"), shuffle=True,
+        generator=gen, drop_last=False,
+    )  # fmt: skip
+    seen = []
+    for idx, batch in loader:
+        assert batch.ids == [ds[int(j)].id for j in idx] and batch.masks is None
+        seen.append(idx)
+    order = np.concatenate(seen)
+    assert len(seen) == len(loader) == 3 and sorted(order) == list(want)
+    assert not np.array_equal(order, want)  # shuffled (seed 0)
+    again = np.concatenate([i for i, _ in loader])
+    assert not np.array_equal(again, order)  # a new order each pass
+    _, batch = next(iter(_IndexedLoader(ds, want, batch_size=3, num_workers=0,
+                                        device=torch.device("cpu"), masks=True)))  # fmt: skip
+    assert batch.masks is not None and batch.masks.shape == (3, 1, 64, 64)
+
+
+def test_stage3_optimizer_splits_the_platform_groups(tmp_path: Path) -> None:
+    from lesionsweep.methods.backbones import create_backbone
+    from lesionsweep.methods.wsmis.pipeline import _Pipeline
+    from lesionsweep.methods.wsmis.unet import UNet
+
+    cfg = _cfg(stage3_lr=1e-3)
+    cfg = cfg.replace(
+        optim=dataclasses.replace(cfg.optim, name="sgd", momentum=0.8, weight_decay=1e-4)
+    )
+    pipe = _Pipeline(cfg, tmp_path, None)
+    pipe.s = {"stage3_lr": 1e-3}
+    net = UNet(create_backbone("test_resnet", 1, False), 1)
+    opt = pipe.stage3_optimizer(net)
+    assert isinstance(opt, torch.optim.SGD)
+    enc = {id(p) for p in net.encoder.parameters()}
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in net.parameters())  # each exactly once
+    for g in opt.param_groups:
+        in_enc = {id(p) in enc for p in g["params"]}
+        assert len(in_enc) == 1
+        assert g["lr"] == pytest.approx(1e-4 if in_enc.pop() else 1e-3)
+        assert g["momentum"] == 0.8
+        assert g["weight_decay"] == (1e-4 if all(p.ndim >= 2 for p in g["params"]) else 0.0)
+    assert not list(tmp_path.iterdir())  # building the pipeline writes nothing
 
 
 @pytest.mark.slow
