@@ -89,12 +89,14 @@ def main(argv: list[str] | None = None) -> None:
             f"{d_med:>10.0f} ({d_best:>5.0f}) {d_cpu:>6.0f}"
         )
         if size == TARGET_SIZE:
-            at_target = (r_med, d_med)
+            at_target = (r_med, d_med, r_cpu, d_cpu)
     if at_target is not None:
-        r_med, d_med = at_target
+        r_med, d_med, r_cpu, d_cpu = at_target
         print(
             f"ratio to the {TARGET_RATE:.0f} img/s target at {TARGET_SIZE} px (median): "
-            f"render {r_med / TARGET_RATE:.2f}x, dataset {d_med / TARGET_RATE:.2f}x"
+            f"render {r_med / TARGET_RATE:.2f}x, dataset {d_med / TARGET_RATE:.2f}x "
+            f"(per CPU second: render {r_cpu / TARGET_RATE:.2f}x, "
+            f"dataset {d_cpu / TARGET_RATE:.2f}x)"
         )
     if args.preview:
         print("preview:", save_preview(args.preview))

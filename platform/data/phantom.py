@@ -34,20 +34,27 @@ that carry ``confounder_class`` and with ``confounder_base_rate`` on images that
 is drawn from its own random stream, so switching the confounder on or off changes only the tube,
 never the anatomy or the lesions.
 
-Speed (``benchmarks/bench_phantom.py``; target >= 500 images/s at 256 px on one core): the
-anatomy is drawn at half resolution (at least 64 px) with vectorised numpy on cropped windows,
-using 1-D row/column factors wherever a field is separable, and upsampled bilinearly; vessel
-trees, rib cages and film grain come from small per-size banks (fixed seeds) that each image
-shifts, mirrors and mixes; the tone curve is a lookup table. Nodules and masses are drawn at
-full resolution. The masks of cardiomegaly, effusion and pneumothorax are cut at full resolution
-from the same signed-distance fields that drew them, upsampled exactly like the image.
+Speed (``benchmarks/bench_phantom.py``; target >= 500 images/s at 256 px on one core): at these
+sizes every numpy call costs about a microsecond whatever its size, so the renderer is written to
+make few of them. The anatomy is drawn at half resolution (at least 64 px) on cropped windows and
+upsampled bilinearly; fields that are sums or products of a row and a column profile come from
+small matrix products (the four terms of both lungs' signed distance are one batched product,
+the row profiles of torso, mediastinum and trachea another); clipping uses OpenCV thresholds.
+Vessel trees, rib cages, film grain, clavicles, vertebrae and gastric bubbles come from small
+per-size banks (fixed seeds, stored as scaled ``float32``) that each image shifts by whole work
+pixels, mirrors and mixes; the tone curve is a lookup table. Nodules and masses are drawn at full
+resolution. The masks of cardiomegaly, effusion and pneumothorax are cut at full resolution from
+the same signed-distance fields that drew them, upsampled exactly like the image (at factor 2
+only the block around the window). Item seeds are BLAKE2b hashes of ``(seed, stream, index)``.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import numbers
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +65,7 @@ import numpy as np
 import torch
 from lesionsweep.data.types import DatasetInfo, Sample
 from lesionsweep.errors import DataError
+from numpy.random.bit_generator import ISeedSequence
 
 __all__ = [
     "PHANTOM_CLASSES",
@@ -77,7 +85,6 @@ MAX_IMAGE_SIZE = 1024
 
 _SPLIT_STREAMS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 _SPLIT_ALIASES: dict[str, str] = {"val-loc": "val", "test-loc": "test"}
-_CONFOUNDER_SUBSTREAM = 1  # spawn-key suffix of the tube's own random stream
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +247,11 @@ class _Compact:
 # Per-size precomputation (cached per process)
 # ---------------------------------------------------------------------------------------------
 
+# lung signed distance: the fixed columns of the row factors of its four terms (see the lungs
+# in _render_anatomy): (a, -1, 0), (a, 1, 0), (a, 0, -1), (a, 0, 0)
+_SDF_PATTERN = np.array(
+    [[[-1.0, 0.0]], [[1.0, 0.0]], [[0.0, -1.0]], [[0.0, 0.0]]], dtype=np.float32
+)
 _LOW_G = 6  # grid resolution of the low-frequency exposure / soft-tissue field
 _VESSEL_VARIANTS = 6
 
@@ -267,7 +279,6 @@ def _smooth_matrix(size: int, g: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
-@functools.lru_cache(maxsize=8)
 def _grain_bank(size: int) -> np.ndarray:
     """``int8 [S + P, S + P]`` fixed film-grain bank (std ~ 32); items take shifted crops."""
     pad = max(8, size // 2)
@@ -277,20 +288,29 @@ def _grain_bank(size: int) -> np.ndarray:
 
 
 _ANGLE_BINS = 256
+_ANGLE_THETA = (np.arange(_ANGLE_BINS) + 0.5) * (2.0 * math.pi / _ANGLE_BINS) - math.pi  # centres
+# cos and sin of the lobulation harmonics k = 2, 3, ... over the angle bin centres: a radius
+# table r (1 + sum_k c_k cos(k theta + phi_k)) is one product with these rows
+_HARMONICS = np.concatenate(
+    [
+        np.cos(np.arange(2, 6)[:, None] * _ANGLE_THETA),
+        np.sin(np.arange(2, 6)[:, None] * _ANGLE_THETA),
+    ]
+)
 
 
 @functools.lru_cache(maxsize=8)
 def _angle_bins(size: int) -> tuple[np.ndarray, int]:
-    """``intp [2R + 1, 2R + 1]`` angle bin (of ``_ANGLE_BINS`` over [-pi, pi)) of each offset
-    ``(row - R, col - R)`` from a centre pixel, and ``R`` (larger than any lesion window)."""
+    """``uint8 [2R + 1, 2R + 1]`` angle bin (of ``_ANGLE_BINS`` = 256 over [-pi, pi)) of each
+    offset ``(row - R, col - R)`` from a centre pixel, and ``R`` (larger than any lesion window).
+    A lookup table over the bins maps a window of it to per-pixel values (``cv2.LUT``)."""
     big_r = int(0.32 * size) + 6
     off = np.arange(-big_r, big_r + 1, dtype=np.float64)
     theta = np.arctan2(off[:, None], off[None, :])
     b = np.floor((theta + math.pi) * (_ANGLE_BINS / (2.0 * math.pi))).astype(np.intp)
-    return np.minimum(b, _ANGLE_BINS - 1), big_r
+    return np.minimum(b, _ANGLE_BINS - 1).astype(np.uint8), big_r
 
 
-@functools.lru_cache(maxsize=8)
 def _vessel_bank(size: int) -> tuple[np.ndarray, int]:
     """Fixed bank of pulmonary vessel trees ``uint8 [V, S + 2P, S + 2P]`` and the pad ``P``.
 
@@ -364,7 +384,6 @@ _RIB_VARIANTS = 8
 _RIB_TOP, _RIB_BOT, _RIB_HALF = 0.08, 0.84, 0.405  # reference bony thorax (fractions of S)
 
 
-@functools.lru_cache(maxsize=8)
 def _rib_bank(size: int) -> tuple[np.ndarray, int]:
     """Fixed bank of rib cages ``uint8 [V, S + 2P, S + 2P]`` (255 = full rib) and the pad ``P``.
 
@@ -399,6 +418,137 @@ def _rib_bank(size: int) -> tuple[np.ndarray, int]:
     return bank, pad
 
 
+@functools.lru_cache(maxsize=8)
+def _work_grid(sw: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """``float32 [sw]`` work-resolution pixel centres in full-resolution px, and the same / s."""
+    pc = _pixel_centres(sw) * np.float32(s / sw)
+    return pc, pc / s
+
+
+@functools.lru_cache(maxsize=8)
+def _work_grid1(sw: int, s: int) -> np.ndarray:
+    """``float32 [2, sw]``: the work pixel centres in full px over a row of ones."""
+    out = np.ones((2, sw), dtype=np.float32)
+    out[0] = _work_grid(sw, s)[0]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _clavicle_stamp(sw: int, s: int) -> tuple[np.ndarray, int, int]:
+    """Both clavicles at work resolution: ``float32 [H, W]`` and the stamp pixel ``(oy, ox)``
+    whose centre sits on the reference point (the thorax midline ``x``, ``y`` = the top of the
+    clavicles' medial ends).
+
+    In full px relative to that point a clavicle is a band ``0.016 s`` wide (soft edge ``e``)
+    around ``y = s (-0.25 d + 0.25 d^2)``, ``d = |x| / s``, fading in for ``d`` in 0.03..0.05
+    and out for ``d`` in 0.30..0.33; its attenuation is 0.1.
+    """
+    kw = s / sw
+    e = max(0.8, s / 256.0, 0.9 * kw)
+    oy, ox = math.ceil(0.08 * s / kw), math.ceil(0.34 * s / kw)
+    ys = (np.arange(oy + math.ceil(0.03 * s / kw) + 1) - oy) * kw
+    dcl = np.abs(np.arange(2 * ox + 1) - ox) * kw / s
+    yc = s * (0.25 * dcl * dcl - 0.25 * dcl)
+    band = np.clip((0.016 * s - np.abs(ys[:, None] - yc[None, :])) / e, 0.0, 1.0)
+    band *= 0.1 * np.clip((dcl - 0.03) / 0.02, 0, 1) * np.clip((0.33 - dcl) / 0.03, 0, 1)
+    return band.astype(np.float32), oy, ox
+
+
+_VERTEBRA_LEVELS = 16
+_BUBBLE_LEVELS = 8
+
+
+@functools.lru_cache(maxsize=8)
+def _bubble_bank(sw: int, s: int) -> list[list[np.ndarray]]:
+    """Gastric bubbles at work resolution: ``[ix][iy]`` is the soft ellipse (1 inside, edge
+    0.3 wide in squared radius) with half axes ``s * (0.04 + 0.03 * (ix + 0.5) / L)`` and
+    ``s * (0.02 + 0.015 * (iy + 0.5) / L)``, ``float32 [2 hy + 1, 2 hx + 1]``, centred on its
+    middle pixel."""
+    kw = s / sw
+    e = max(0.8, s / 256.0, 0.9 * kw)
+    out = []
+    for ix in range(_BUBBLE_LEVELS):
+        grx = s * (0.04 + 0.03 * (ix + 0.5) / _BUBBLE_LEVELS)
+        hx = math.ceil((grx + 2 * e) / kw)
+        x = (np.arange(2 * hx + 1) - hx) * kw / grx
+        row = []
+        for iy in range(_BUBBLE_LEVELS):
+            gry = s * (0.02 + 0.015 * (iy + 0.5) / _BUBBLE_LEVELS)
+            hy = math.ceil((gry + 2 * e) / kw)
+            y = (np.arange(2 * hy + 1) - hy) * kw / gry
+            eb = y[:, None] ** 2 + x[None, :] ** 2
+            row.append(np.clip(0.5 - (eb - 1.0) / 0.3, 0.0, 1.0).astype(np.float32))
+        out.append(row)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _vertebra_bank(sw: int, s: int) -> np.ndarray:
+    """Row profiles of the vertebral column, ``float32 [L, 2 sw]``: level ``q`` has the period
+    ``s * p``, ``p`` the centre of bin ``q`` of 0.042..0.05 split into ``L`` bins. Value at
+    work row ``m``: ``0.07 + 0.03 * clip(6 |frac(y / (s p)) - 0.5| - 0.3, 0, 1)``, ``y`` the
+    pixel centre (full px); items take ``sw`` rows from an offset that sets the phase."""
+    kw = s / sw
+    p = 0.042 + (np.arange(_VERTEBRA_LEVELS) + 0.5) * (0.008 / _VERTEBRA_LEVELS)
+    y = (np.arange(2 * sw) + 0.5) * kw
+    ph = (y[None, :] / (s * p[:, None])) % 1.0
+    return (0.07 + 0.03 * np.clip(np.abs(ph - 0.5) * 6 - 0.3, 0, 1)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _midline_bank(sw: int, s: int) -> np.ndarray:
+    """Column profiles about the midline, ``float32 [3, 2 sw]``: trachea (-0.1 at its centre,
+    0.004 s right of the midline, half width 0.02 s), spine (half width 0.034 s) and ones; column
+    ``m`` lies ``(m - sw) * kw`` px from the midline (``kw = s / sw``)."""
+    dx = (np.arange(2 * sw) - sw) * (s / sw)
+    out = np.ones((3, 2 * sw), dtype=np.float32)
+    out[0] = -0.1 * np.clip(1.0 - ((dx - 0.004 * s) / (0.02 * s)) ** 2, 0, 1)
+    out[1] = np.sqrt(np.clip(1.0 - (dx / (0.034 * s)) ** 2, 0, 1))
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _low_rhs(sw: int) -> np.ndarray:
+    """``float32 [G + 1, sw]``: ``0.035 * M.T`` over a row of ones (see :func:`_render_anatomy`)."""
+    m = _smooth_matrix(sw, _LOW_G)
+    rhs = np.ones((m.shape[1] + 1, sw), dtype=np.float32)
+    rhs[:-1] = 0.035 * m.T
+    return rhs
+
+
+def _float_bank(bank: np.ndarray, scale: float) -> np.ndarray:
+    """``float32 [2, V, N, N]``: a uint8 bank times ``scale``, then the same mirrored left-right."""
+    out = np.empty((2, *bank.shape), dtype=np.float32)
+    np.multiply(bank, np.float32(scale), out=out[0])
+    out[1] = out[0, :, :, ::-1]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _vessel_bank_f(size: int) -> tuple[np.ndarray, int]:
+    """:func:`_vessel_bank` as ``float32 [2, V, N, N]`` (times 0.2 / 255, plain and mirrored)."""
+    bank, pad = _vessel_bank(size)
+    return _float_bank(bank, 0.2 / 255.0), pad
+
+
+@functools.lru_cache(maxsize=8)
+def _rib_bank_f(size: int) -> tuple[np.ndarray, int]:
+    """:func:`_rib_bank` as ``float32 [2, V, N, N]`` (times 0.07 / 255, plain and mirrored)."""
+    bank, pad = _rib_bank(size)
+    return _float_bank(bank, 0.07 / 255.0), pad
+
+
+@functools.lru_cache(maxsize=4)
+def _grain_bank_f(size: int) -> np.ndarray:
+    """:func:`_grain_bank` as ``float32 [2, S + P, S + P]`` over 32 (std ~ 1), plain and
+    flipped upside down."""
+    bank = _grain_bank(size)
+    out = np.empty((2, *bank.shape), dtype=np.float32)
+    np.multiply(bank, np.float32(1.0 / 32.0), out=out[0])
+    out[1] = out[0, ::-1]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Random draws and geometry
 # ---------------------------------------------------------------------------------------------
@@ -413,11 +563,14 @@ class _Draws:
         self.n = n
         self.i = 0
 
+    def _refill(self) -> None:
+        self.buf = self.rng.random(64).tolist()
+        self.n = 64
+        self.i = 0
+
     def u(self, a: float = 0.0, b: float = 1.0) -> float:
         if self.i >= self.n:
-            self.buf = self.rng.random(64).tolist()
-            self.n = 64
-            self.i = 0
+            self._refill()
         x = self.buf[self.i]
         self.i += 1
         return a + (b - a) * x
@@ -429,10 +582,86 @@ class _Draws:
         return min(int(self.u() * n), n - 1)
 
 
+class _KeyDraws(_Draws):
+    """Draws for short streams, taken straight from BLAKE2b hashes of a key and a block counter
+    (16 uniforms with 32 bits each per block): cheaper than seeding a generator."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.block = 0
+        self._refill()
+
+    def _refill(self) -> None:
+        h = hashlib.blake2b(self.key + self.block.to_bytes(4, "little"), digest_size=64)
+        self.buf = [v * 2.0**-32 for v in struct.unpack("<16I", h.digest())]
+        self.block += 1
+        self.n = 16
+        self.i = 0
+
+
+def _lung_params(lungs: tuple[_Lung, ...], scale: float = 1.0) -> np.ndarray:
+    """``float32 [8, B, 1]`` shape parameters of ``B`` lungs for :func:`_lung_sdf`."""
+    return np.array(
+        [
+            [1.0 / lg.t_apex for lg in lungs],
+            [1.0 / (0.45 * lg.t_apex) for lg in lungs],
+            [lg.ua for lg in lungs],
+            [1.0 - lg.ua for lg in lungs],
+            [lg.bulge for lg in lungs],
+            [lg.dd for lg in lungs],
+            [lg.w * scale for lg in lungs],
+            [lg.h * scale for lg in lungs],
+        ],
+        dtype=np.float32,
+    ).reshape(8, len(lungs), 1)
+
+
+def _lung_sdf(
+    uu: np.ndarray, vv: np.ndarray, prm: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Approximate signed distance (px, negative inside) of ``B`` lungs, ``float32 [B, R, C]``.
+
+    ``uu`` ``float32 [B, C]`` (columns) and ``vv`` ``float32 [B, R]`` (rows) are lung
+    coordinates: u = 0 medial border, 1 lateral wall; v = 0 apex, 1 costophrenic angle; ``prm``
+    from :func:`_lung_params`. The distance is the max of four terms, each a row profile plus a
+    column profile (rows ``(a, -1, 0)``, ``(a, 1, 0)``, ``(a, 0, -1)``, ``(a, 0, 0)`` times the
+    columns ``(1, u w, v_bot h)``), so one batched matrix product gives all four. Also returns
+    the clipped ``v`` and ``u``.
+    """
+    ita, itm, ua, oua, bulge, dd, lw, lh = prm
+    nb, nr, nc = vv.shape[0], vv.shape[1], uu.shape[1]
+    vc = _c01(vv)
+    t = np.minimum(vc * ita, 1.0)
+    u_hi = ua + oua * np.sqrt(t * (2.0 - t)) + bulge * np.sin(np.pi * vc)
+    t = np.minimum(vc * itm, 1.0)
+    u_lo = ua * (1.0 - np.sqrt(t * (2.0 - t)))
+    uc = _c01(uu)
+    v_bot = 1.0 - dd * (1.0 - uc * uc)
+    lhs = np.empty((nb, 4, nr, 3), dtype=np.float32)
+    lhs[..., 1:] = _SDF_PATTERN
+    np.multiply(u_lo, lw, out=lhs[:, 0, :, 0])  # u_lo w - u w: medial border
+    np.multiply(u_hi, -lw, out=lhs[:, 1, :, 0])  # u w - u_hi w: lateral wall
+    np.multiply(vv, lh, out=lhs[:, 2, :, 0])  # v h - v_bot h: diaphragm
+    np.negative(lhs[:, 2, :, 0], out=lhs[:, 3, :, 0])  # -v h: apex
+    rhs = np.empty((nb, 3, nc), dtype=np.float32)
+    rhs[:, 0] = 1.0
+    np.multiply(uu, lw, out=rhs[:, 1])
+    np.multiply(v_bot, lh, out=rhs[:, 2])
+    terms = np.matmul(lhs.reshape(nb, 4 * nr, 3), rhs).reshape(nb, 4, nr, nc)
+    f = np.maximum(terms[:, 0], terms[:, 1])
+    np.maximum(f, terms[:, 2], out=f)
+    np.maximum(f, terms[:, 3], out=f)
+    return f, vc, uc
+
+
 def _clip01(a: np.ndarray) -> np.ndarray:
-    """Clip to [0, 1] in place."""
-    np.maximum(a, 0.0, out=a)
-    np.minimum(a, 1.0, out=a)
+    """Clip a 2-D float array to [0, 1] in place (rows may be strided, columns contiguous).
+
+    OpenCV's thresholds are several times faster than ``np.maximum`` / ``np.minimum`` with a
+    scalar operand on the small arrays drawn here.
+    """
+    cv2.threshold(a, 0.0, 0.0, cv2.THRESH_TOZERO, dst=a)
+    cv2.threshold(a, 1.0, 0.0, cv2.THRESH_TRUNC, dst=a)
     return a
 
 
@@ -477,19 +706,8 @@ class _Lung:
         ``u`` (columns) and ``v`` (rows) are lung coordinates: u = 0 medial border, 1 lateral
         wall; v = 0 apex, 1 costophrenic angle. ``scale`` multiplies the result (collapsed lung).
         """
-        w, h = self.w * scale, self.h * scale
-        vc = _c01(v)
-        t = np.minimum(vc * (1.0 / self.t_apex), 1.0)
-        u_hi = self.ua + (1.0 - self.ua) * np.sqrt(t * (2.0 - t)) + self.bulge * np.sin(np.pi * vc)
-        tm = np.minimum(vc * (1.0 / (0.45 * self.t_apex)), 1.0)
-        u_lo = self.ua * (1.0 - np.sqrt(tm * (2.0 - tm)))
-        uc = _c01(u)
-        v_bot = 1.0 - self.dd * (1.0 - uc * uc)
-        f = np.subtract.outer(u_lo * w, u * w)
-        np.maximum(f, np.subtract.outer(-u_hi * w, -u * w), out=f)
-        np.maximum(f, np.subtract.outer(v * h, v_bot * h), out=f)
-        np.maximum(f, (-v * h)[:, None], out=f)
-        return f
+        prm = _lung_params((self,), scale)
+        return _lung_sdf(u.reshape(1, -1), v.reshape(1, -1), prm)[0][0]
 
     def f_point(self, x: float, y: float) -> float:
         """:meth:`f_uv` at one point (pure Python)."""
@@ -522,47 +740,54 @@ class _Heart:
         c0 = max(0, int(self.cx - self.rx_l * grow - slack - margin))
         return c0, min(size, int(math.ceil(self.cx + self.rx_r * grow + slack + margin)))
 
-    def f(self, x: np.ndarray, y: np.ndarray, floor: np.ndarray) -> np.ndarray:
-        """Approximate signed distance (px, negative inside) on the grid ``y[:, None], x[None, :]``.
+    def f(self, grid1: np.ndarray, y: np.ndarray, floor: np.ndarray) -> np.ndarray:
+        """Approximate signed distance (px, negative inside) on the grid of rows ``y`` (px) and
+        the columns whose x (px) over ones is ``grid1`` (``float32 [2, n]``): ``float32``.
 
         The sheared, tapered ellipse is cut from below by ``floor`` (diaphragm y per column).
         """
+        nr = y.shape[0]
         dy = y - self.cy
-        dyn = dy * (1.0 / self.ry)
-        width = np.maximum(1.0 + self.taper * dyn, 0.2)
-        dx = np.subtract.outer(-self.shear * dy, self.cx - x)  # x - cx - shear * dy
-        inv_l = (1.0 / self.rx_l) / width
-        inv_r = (1.0 / self.rx_r) / width
-        q = dx * np.where(dx < 0, inv_l[:, None], inv_r[:, None])
-        q *= q
-        q += (dyn * dyn)[:, None]
-        np.sqrt(q, out=q)
-        q -= 1.0
-        q *= 0.5 * (min(self.rx_l, self.rx_r) + self.ry)
-        np.maximum(q, np.subtract.outer(y, floor), out=q)
+        width = dy * (self.taper / self.ry)
+        width += 1.0
+        np.maximum(width, 0.2, out=width)
+        # one product gives, per row: (x - centre) / rx_r, (centre - x) / rx_l (their max is
+        # the horizontal ellipse coordinate on either side of the long axis), the vertical
+        # one (y - cy) / ry, and y - floor(x)
+        rows = np.zeros((4, nr, 3), dtype=np.float32)
+        np.divide(1.0 / self.rx_r, width, out=rows[0, :, 0])
+        np.divide(-1.0 / self.rx_l, width, out=rows[1, :, 0])
+        centre = dy * -self.shear
+        centre -= self.cx
+        np.multiply(rows[:2, :, 0], centre, out=rows[:2, :, 1])
+        np.multiply(dy, 1.0 / self.ry, out=rows[2, :, 1])
+        rows[3, :, 1] = y
+        rows[3, :, 2] = -1.0
+        cols = np.empty((3, grid1.shape[1]), dtype=np.float32)
+        cols[:2] = grid1
+        cols[2] = floor
+        t = np.matmul(rows.reshape(4 * nr, 3), cols).reshape(4, nr, -1)
+        q = np.maximum(t[0], t[1])
+        q = cv2.magnitude(q, t[2])
+        c = 0.5 * (min(self.rx_l, self.rx_r) + self.ry)
+        q *= c
+        q -= c
+        np.maximum(q, t[3], out=q)
         return q
 
 
 @dataclass
 class _Mediastinum:
+    """A band about ``cx``: ``hw_l`` to the image left; to the image right ``hw_r`` plus the
+    aortic knob (a Gaussian bump of height ``knob``, sd 0.035 s, at ``knob_y``) plus a widening
+    that ramps in over 0.1 s below the knob to 0.015 s (drawn in :func:`_render_anatomy`)."""
+
     cx: float
     hw_l: float  # half width to the image left (SVC / right atrium side), px
     hw_r: float  # half width to the image right, px
     knob_y: float  # aortic knob height, px
     knob: float  # aortic knob bulge, px
     carina: float  # carina height, px
-
-    def half_widths(self, y: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
-        z = (y - self.knob_y) * (1.0 / (0.035 * s))
-        right = self.hw_r + self.knob * np.exp(-z * z)
-        right += (0.015 * s) * _c01((y - self.knob_y) * (1.0 / (0.1 * s)))
-        return np.full_like(y, self.hw_l), right
-
-    def f(self, x: np.ndarray, y: np.ndarray, s: int) -> np.ndarray:
-        """Signed distance (px, negative inside) on the grid ``y[:, None], x[None, :]``."""
-        hl, hr = self.half_widths(y, s)
-        dx = x - self.cx
-        return np.maximum(np.subtract.outer(-hl, dx), np.subtract.outer(-hr, -dx))
 
 
 @dataclass
@@ -573,17 +798,34 @@ class _Anatomy:
     med: _Mediastinum
     thorax_half: float  # half width of the bony thorax (px)
 
-    def diaphragm(self, x: np.ndarray) -> np.ndarray:
-        """y (px) of the diaphragm under each column ``x``: the lungs' lower borders, joined
-        linearly across the mediastinum."""
-        ys = []
-        for lung in self.lungs:
-            u = _c01((x - lung.xm) * (lung.side / lung.w))
-            ys.append(lung.yt + lung.h * (1.0 - lung.dd * (1.0 - u * u)))
+    def diaphragm(self, grid1: np.ndarray) -> np.ndarray:
+        """y (px) of the diaphragm under each column: the lungs' lower borders, joined linearly
+        across the mediastinum. ``grid1`` is ``float32 [2, n]``, the columns' x (px) over ones;
+        returns ``float32 [n]``.
+
+        With ``u_l``, ``u_r`` the clipped lung u of the two lungs and ``t`` the clipped position
+        between their medial borders, the border is ``base_l + (base_r - base_l) t + dome_l
+        u_l^2 + dome_r u_r^2`` everywhere (at most one term varies in each part).
+        """
         left, right = self.lungs
-        t = _c01((x - left.xm) * (1.0 / (right.xm - left.xm)))
-        mid = (1.0 - t) * ys[0] + t * ys[1]
-        return np.where(x < left.xm, ys[0], np.where(x > right.xm, ys[1], mid)).astype(np.float32)
+        base_l = left.yt + left.h * (1.0 - left.dd)  # dome top of each lung (u = 0)
+        base_r = right.yt + right.h * (1.0 - right.dd)
+        gap = 1.0 / (right.xm - left.xm)
+        lines = np.array(
+            [
+                (-1.0 / left.w, left.xm / left.w),
+                (1.0 / right.w, -right.xm / right.w),
+                (gap, -left.xm * gap),
+            ],
+            dtype=np.float32,
+        )
+        ramps = np.matmul(lines, grid1)
+        _clip01(ramps)
+        np.square(ramps[:2], out=ramps[:2])
+        coef = np.array([left.h * left.dd, right.h * right.dd, base_r - base_l], np.float32)
+        out = np.matmul(coef, ramps)
+        out += base_l
+        return out
 
 
 def _draw_anatomy(d: _Draws, s: int, cardiomegaly: bool, diff: float) -> _Anatomy:
@@ -673,51 +915,104 @@ class _Pneumothorax:
 # ---------------------------------------------------------------------------------------------
 
 
-def _split_seed(seed: int, stream: int, index: int, sub: int | None = None) -> np.random.Generator:
-    key = (stream, index) if sub is None else (stream, index, sub)
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
+class _SeedKey(ISeedSequence):
+    """Seeds a bit generator from a BLAKE2b hash of a key such as ``b"seed/stream/index"``.
+
+    A few microseconds instead of the tens that :class:`numpy.random.SeedSequence` takes per item
+    (a cost that shows at 500+ images/s); distinct keys give independent streams.
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def generate_state(self, n_words: int, dtype: Any = np.uint32) -> np.ndarray:
+        dt = np.dtype(dtype)
+        h = hashlib.blake2b(self.key, digest_size=n_words * dt.itemsize, person=b"lesionsweep-ph")
+        return np.frombuffer(h.digest(), dtype=dt)
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component of a ``bool`` mask (the mask itself if connected)."""
-    n, lab = cv2.connectedComponents(mask.view(np.uint8), connectivity=8)
-    if n <= 2:  # background + at most one component
-        return mask
-    counts = np.bincount(lab.ravel())
-    counts[0] = 0
-    return lab == int(np.argmax(counts))
+def _split_seed(seed: int, stream: int, index: int) -> np.random.Generator:
+    """The item's own random generator: ``(seed, stream, index)`` hashed into a PCG64 state."""
+    return np.random.Generator(np.random.PCG64(_SeedKey(f"{seed}/{stream}/{index}".encode())))
 
 
 def _trim(cls: int, mask: np.ndarray, r0: int, c0: int) -> _Lesion | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    """The lesion of a ``bool`` window mask whose top-left pixel is ``(r0, c0)``, cut to its
+    tight box, or ``None`` if the mask is empty."""
+    x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+    if w == 0 or h == 0:
         return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    a, b, c, d = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    return _Lesion(cls=cls, y0=r0 + a, x0=c0 + c, mask=np.ascontiguousarray(mask[a:b, c:d]))
+    return _Lesion(
+        cls=cls, y0=r0 + y, x0=c0 + x, mask=np.ascontiguousarray(mask[y : y + h, x : x + w])
+    )
+
+
+def _cut(cls: int, mask: np.ndarray, r0: int, c0: int) -> _Lesion | None:
+    """Like :func:`_trim`, keeping only the largest 8-connected component of the mask.
+
+    The components are labelled on the mask's tight box only (cropping empty rows and columns
+    neither splits nor reorders them)."""
+    x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+    if w == 0 or h == 0:
+        return None
+    sub = mask[y : y + h, x : x + w]
+    n, lab = cv2.connectedComponents(sub.view(np.uint8), connectivity=8)
+    if n <= 2:  # background + one component
+        return _Lesion(cls=cls, y0=r0 + y, x0=c0 + x, mask=np.ascontiguousarray(sub))
+    counts = np.bincount(lab.ravel())
+    counts[0] = 0
+    return _trim(cls, lab == int(np.argmax(counts)), r0 + y, c0 + x)
 
 
 _Field = tuple[int, int, int, int, np.ndarray]  # work-res window r0, r1, c0, c1 and its values
+
+
+def _upsample_region(arr: np.ndarray, s: int, win: tuple[int, int, int, int]) -> np.ndarray:
+    """Rows ``R0:R1``, columns ``C0:C1`` of ``cv2.resize(arr, (s, s), INTER_LINEAR)``.
+
+    At the usual factor 2 only a block one source pixel wider than the region is resized: the
+    bilinear weights of an output pixel depend only on its position modulo 2 and the border
+    clamping is the same, so the values are identical to those of the full resize.
+    """
+    sw = arr.shape[0]
+    r0, r1, c0, c1 = win
+    if s == sw:
+        return arr[r0:r1, c0:c1]
+    if s != 2 * sw:
+        return cv2.resize(arr, (s, s), interpolation=cv2.INTER_LINEAR)[r0:r1, c0:c1]
+    a0, a1 = max(0, r0 // 2 - 1), min(sw, (r1 + 1) // 2 + 1)
+    b0, b1 = max(0, c0 // 2 - 1), min(sw, (c1 + 1) // 2 + 1)
+    up = cv2.resize(
+        arr[a0:a1, b0:b1], (2 * (b1 - b0), 2 * (a1 - a0)), interpolation=cv2.INTER_LINEAR
+    )
+    return up[r0 - 2 * a0 : r1 - 2 * a0, c0 - 2 * b0 : c1 - 2 * b0]
 
 
 def _upsample_field(field_w: _Field, sw: int, s: int) -> tuple[np.ndarray, tuple[int, ...]]:
     """A work-resolution window field at full resolution, aligned exactly like the image.
 
     The window is pasted on a canvas that is large and positive (outside) elsewhere and the
-    canvas is resized with the same bilinear interpolation as the image. Returns the full-size
-    ``float32 [s, s]`` field and the window ``(r0, r1, c0, c1)`` in full-resolution pixels.
+    canvas is resized with the same bilinear interpolation as the image (only the part the
+    window needs, see :func:`_upsample_region`). Returns the ``float32`` field over the window
+    and the window ``(r0, r1, c0, c1)`` in full-resolution pixels.
     """
     r0, r1, c0, c1, values = field_w
     if sw == s:
-        canvas = np.full((s, s), 1e4, dtype=np.float32)
-        canvas[r0:r1, c0:c1] = values
-        return canvas, (r0, r1, c0, c1)
+        return values, (r0, r1, c0, c1)
+    kw = s / sw
+    win = (int(r0 * kw), min(s, math.ceil(r1 * kw)), int(c0 * kw), min(s, math.ceil(c1 * kw)))
+    if s == 2 * sw:  # a canvas one pixel larger than the window is enough
+        a0, a1, b0, b1 = max(0, r0 - 1), min(sw, r1 + 1), max(0, c0 - 1), min(sw, c1 + 1)
+        canvas = np.full((a1 - a0, b1 - b0), 1e4, dtype=np.float32)
+        canvas[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0] = values
+        up = cv2.resize(canvas, (2 * (b1 - b0), 2 * (a1 - a0)), interpolation=cv2.INTER_LINEAR)
+        return up[win[0] - 2 * a0 : win[1] - 2 * a0, win[2] - 2 * b0 : win[3] - 2 * b0], win
     canvas = np.full((sw, sw), 1e4, dtype=np.float32)
     canvas[r0:r1, c0:c1] = values
     full = cv2.resize(canvas, (s, s), interpolation=cv2.INTER_LINEAR)
-    kw = s / sw
-    win = (int(r0 * kw), min(s, math.ceil(r1 * kw)), int(c0 * kw), min(s, math.ceil(c1 * kw)))
-    return full, win
+    return full[win[0] : win[1], win[2] : win[3]], win
 
 
 def _render(spec: PhantomSpec, stream: int, index: int) -> _Compact:
@@ -748,13 +1043,7 @@ def _render(spec: PhantomSpec, stream: int, index: int) -> _Compact:
 
     sw = _work_size(s)
     a_w, occ_w, fields = _render_anatomy(anat, effusions, ptx, d, rng, sw, s)
-    occ = occ_w
-    if sw != s:
-        a_img = cv2.resize(a_w, (s, s), interpolation=cv2.INTER_LINEAR)
-        if effusions or ptx:
-            occ = cv2.resize(occ_w, (s, s), interpolation=cv2.INTER_LINEAR)
-    else:
-        a_img = a_w
+    a_img = a_w if sw == s else cv2.resize(a_w, (s, s), interpolation=cv2.INTER_LINEAR)
 
     # --- exact masks of the anatomical lesions, at full resolution ---------------------------
     # cut from the same signed-distance fields that drew them, upsampled like the image
@@ -762,7 +1051,7 @@ def _render(spec: PhantomSpec, stream: int, index: int) -> _Compact:
     busy = np.zeros((s, s), dtype=bool)  # pixels (with a margin) taken by lesions
     if present[_CARDIO]:
         hf, (r0, r1, c0, c1) = _upsample_field(fields["heart"], sw, s)
-        les = _trim(_CARDIO, _largest_component(hf[r0:r1, c0:c1] < 0), r0, c0)
+        les = _cut(_CARDIO, hf < 0, r0, c0)
         if les is not None:
             lesions.append(les)
     pc = _pixel_centres(s)
@@ -770,22 +1059,24 @@ def _render(spec: PhantomSpec, stream: int, index: int) -> _Compact:
         if k not in effusions and k not in ptx:
             continue
         f, (r0, r1, c0, c1) = _upsample_field(fields[f"lung{k}"], sw, s)
+        inside = f < 0  # in the lung and not behind the mediastinum / heart
+        inside &= _upsample_region(occ_w, s, (r0, r1, c0, c1)) < 0.5
         if k in effusions:
             eff = effusions[k]
             e0 = max(r0, int(lung.yt + (eff.level - eff.rise) * lung.h) - 1)  # fluid rows only
             u, v = lung.uv(pc[c0:c1], pc[e0:r1])
-            mask = (f[e0:r1, c0:c1] < 0) & (occ[e0:r1, c0:c1] < 0.5)
-            mask &= eff.below(lung, u, v) > 0
-            les = _trim(_EFFUSION, _largest_component(mask), e0, c0)
+            mask = eff.below(lung, u, v) > 0
+            mask &= inside[e0 - r0 :]
+            les = _cut(_EFFUSION, mask, e0, c0)
             if les is not None:
                 lesions.append(les)
                 h, w = les.mask.shape
                 busy[les.y0 : les.y0 + h, les.x0 : les.x0 + w] |= les.mask
         if k in ptx:
             fc, _ = _upsample_field(fields[f"ptx{k}"], sw, s)
-            mask = (f[r0:r1, c0:c1] < 0) & (occ[r0:r1, c0:c1] < 0.5)
-            mask &= fc[r0:r1, c0:c1] > 0
-            les = _trim(_PTX, _largest_component(mask), r0, c0)
+            mask = fc > 0
+            mask &= inside
+            les = _cut(_PTX, mask, r0, c0)
             if les is not None:
                 lesions.append(les)
                 h, w = les.mask.shape
@@ -807,21 +1098,22 @@ def _render(spec: PhantomSpec, stream: int, index: int) -> _Compact:
     # --- shortcut confounder: a tube from its own random stream ---------------------------
     tube, tube_kind = None, None
     if spec.confounder_class is not None:
-        cd = _Draws(_split_seed(spec.seed, stream, index, _CONFOUNDER_SUBSTREAM), 48)
+        cd = _KeyDraws(f"{spec.seed}/{stream}/{index}/tube".encode())
         has_cls = present[PHANTOM_CLASSES.index(spec.confounder_class)]
         p = spec.confounder_prob if has_cls else spec.confounder_base_rate
         if cd.u() < p:
             tube, tube_kind = _draw_tube(cd, anat, s, a_img)
 
     # --- film: grain, tone curve -----------------------------------------------------------
-    bank = _grain_bank(s)
-    pad = bank.shape[0] - s
-    oy, ox = d.integer(pad + 1), d.integer(pad + 1)
-    gr = bank[oy : oy + s, ox : ox + s]
-    if d.u() < 0.5:
-        gr = gr[::-1]
+    bank = _grain_bank_f(s)  # [plain, upside down]
+    n = bank.shape[1]
+    oy, ox = d.integer(n - s + 1), d.integer(n - s + 1)
+    if d.u() < 0.5:  # the crop at oy, flipped upside down
+        gr = bank[1, n - oy - s : n - oy, ox : ox + s]
+    else:
+        gr = bank[0, oy : oy + s, ox : ox + s]
     sigma = (0.012 + 0.03 * diff) * d.u(0.8, 1.2) * (1.0 if d.u() < 0.5 else -1.0)
-    cv2.scaleAdd(gr.astype(np.float32), sigma / 32.0, a_img, dst=a_img)
+    cv2.scaleAdd(gr, sigma, a_img, dst=a_img)
     image = _tone(d, a_img)
     lesions.sort(key=lambda les: (les.cls, les.y0, les.x0))
     return _Compact(image, lesions, tube, tube_kind, stream, index, spec.seed)
@@ -842,188 +1134,268 @@ def _render_anatomy(
     (mediastinum and heart) ``float32 [sw, sw]`` and the signed-distance fields (work-res
     windows) that the full-resolution lesion masks are cut from: "heart", "lung<k>" for lungs
     with an effusion or pneumothorax, "ptx<k>" (collapsed lung).
+
+    Every 2-D step runs on the smallest window that holds it; rank-1 terms (separable in rows
+    and columns) are summed by small matrix products.
     """
     fields: dict[str, _Field] = {}
     kw = s / sw  # full px per work px
-    pc = _pixel_centres(sw) * np.float32(kw)  # work pixel centres in full px
+    pc, yn = _work_grid(sw, s)  # work pixel centres in full px, and over s
+    grid1 = _work_grid1(sw, s)  # [pc; 1]: profiles a * pc + b are one product
     e = max(0.8, s / 256.0, 0.9 * kw)  # soft edge width of organ borders (full px)
     cx = anat.cx
     left, right = anat.lungs
-    yn = pc / s
 
     def span(a: float, b: float) -> tuple[int, int]:
         return max(0, int(a / kw)), min(sw, int(math.ceil(b / kw)))
 
-    # --- torso: rounded soft-tissue body with neck and shoulders ---------------------------
+    # --- row profiles: clipped linear ramps in y and a few unclipped lines, one product -------
     neck = 0.12 + 0.02 * d.u(-1, 1)
-    sh_y = left.yt / s - 0.02
-    chest = anat.thorax_half / s + 0.045
-    hw = np.where(
-        yn < sh_y,
-        neck + (0.62 - neck) * _c01((yn - sh_y + 0.09) / 0.09) ** 2,
-        0.62 - (0.62 - chest) * _c01((yn - sh_y) / 0.2) ** 0.7,
-    )
-    hw -= 0.03 * _c01((yn - 0.8) / 0.2)
-    level = 0.60 + 0.10 * _c01((0.2 - yn) / 0.15)
-    a_w = np.abs(pc - cx)[None, :] * (1.0 / (hw * s))[:, None]
-    a_w *= a_w
-    np.subtract(1.0, a_w, out=a_w)
-    np.maximum(a_w, 0.0, out=a_w)
-    np.sqrt(a_w, out=a_w)
-    np.sqrt(a_w, out=a_w)
-    body = a_w.copy()  # soft-tissue thickness profile, 0 outside the body
-    a_w *= level[:, None]  # attenuation: white = high
-
-    # low-frequency exposure / soft-tissue variation plus a heel-effect ramp
-    m = _smooth_matrix(sw, _LOW_G)
-    low = (m @ rng.standard_normal((_LOW_G + 2, _LOW_G + 2), dtype=np.float32)) @ m.T
-    low *= 0.035
-    low += 1.0
-    a_w *= low
-    ramp = d.u(-0.05, 0.05) * (yn - 0.5) + d.u(-0.04, 0.04)
-    a_w += ramp[:, None]
-
-    # --- mediastinum + heart (occluder), spine, trachea ------------------------------------
-    occ = np.zeros((sw, sw), dtype=np.float32)
+    noise = rng.standard_normal((_LOW_G + 2, _LOW_G + 2), dtype=np.float32)
+    heel_a, heel_b = d.u(-0.05, 0.05), d.u(-0.04, 0.04)  # heel-effect ramp
+    spine_p, spine_o = d.u(0.042, 0.05), d.u()  # vertebra period and phase
     med = anat.med
-    c0, c1 = span(cx - 0.16 * s, cx + 0.16 * s)
-    occ[:, c0:c1] = _ramp(med.f(pc[c0:c1], pc, s), 2.0 * e)
+    sh_y = left.yt / s - 0.02  # shoulder line
+    chest = anat.thorax_half / s + 0.045
+    rows = np.array(
+        [  # (a, b): the profile a * y + b of the pixel centre y (full px)
+            (1.0 / (0.09 * s), (0.09 - sh_y) / 0.09),  # 0 neck -> shoulders   (clipped rows)
+            (1.0 / (0.2 * s), -sh_y / 0.2),  # 1 shoulders -> chest
+            (1.0 / (0.2 * s), -4.0),  # 2 waist
+            (0.0, 1.0),  # 3 ones
+            (-1.0 / (0.15 * s), 0.2 / 0.15),  # 4 brighter neck level
+            (1.0 / (0.1 * s), -med.knob_y / (0.1 * s)),  # 5 descending aorta widening
+            (-1.0 / (0.03 * s), med.carina / (0.03 * s)),  # 6 trachea down to the carina
+            (0.0, 0.0),  # 7 vertebrae (filled from a bank below)              (unclipped)
+            (heel_a / s, heel_b - 0.5 * heel_a),  # 8 heel-effect ramp
+            (1.0 / (0.035 * s), -med.knob_y / (0.035 * s)),  # 9 aortic knob bump
+        ],
+        dtype=np.float32,
+    )
+    prof = np.matmul(rows, grid1)  # [10, sw]
+    _clip01(prof[:7])
+    np.square(prof[0], out=prof[0])
+    np.power(prof[1], 0.7, out=prof[1])
+    # torso half width (fraction of s; neck, shoulders, chest, waist) and soft-tissue level
+    wts = [[0.62 - neck, chest - 0.62, -0.03, neck, 0.0], [0.0, 0.0, 0.0, 0.6, 0.1]]
+    hw, level = np.matmul(np.array(wts, dtype=np.float32), prof[:5])
+
+    # --- torso: rounded soft-tissue body with neck and shoulders ---------------------------
+    dxc = pc - cx
+    col = np.reciprocal(hw)
+    col *= col
+    row = dxc * (1.0 / s)
+    row *= row
+    body = np.dot(col.reshape(sw, 1), row.reshape(1, sw))  # (|x - cx| / half width)^2
+    np.subtract(1.0, body, out=body)
+    cv2.threshold(body, 0.0, 0.0, cv2.THRESH_TOZERO, dst=body)
+    cv2.sqrt(body, dst=body)
+    cv2.sqrt(body, dst=body)  # soft-tissue thickness profile, 0 outside the body
+
+    # low-frequency exposure / soft-tissue variation: level * (1 + 0.035 * M N M^T) as one
+    # product [level * M N, level] @ [0.035 * M^T; 1]
+    m = _smooth_matrix(sw, _LOW_G)
+    lhs = np.empty((sw, m.shape[1] + 1), dtype=np.float32)
+    np.multiply(m @ noise, level.reshape(sw, 1), out=lhs[:, :-1])
+    lhs[:, -1] = level
+
+    # separable additive terms (rows x columns): trachea, spine, heel-effect ramp
+    # vertebrae (period and phase snapped to the bank's levels / whole work pixels), and the
+    # column profiles of trachea and spine shifted to the work pixel nearest to the midline
+    vbank = _vertebra_bank(sw, s)
+    q = min(int((spine_p - 0.042) / 0.008 * _VERTEBRA_LEVELS), _VERTEBRA_LEVELS - 1)
+    o = round(spine_o * (s * spine_p) / kw)
+    prof[7] = vbank[q, o : o + sw]
+    cbank = _midline_bank(sw, s)
+    j = sw - min(sw - 1, max(0, round(cx / kw - 0.5)))
+    a_w = np.matmul(prof[6:9].T, cbank[:, j : j + sw])
+    cv2.accumulateProduct(body, lhs @ _low_rhs(sw), a_w)  # attenuation: white = high
+
+    # --- mediastinum + heart (occluder) -----------------------------------------------------
+    occ = np.zeros((sw, sw), dtype=np.float32)
+    oc0, oc1 = span(cx - 0.16 * s, cx + 0.16 * s)
+    # the ramp of max(-hw_l - dx, dx - hw_r(y)) is the min of the two ramps (it is decreasing)
+    sc = 1.0 / (2.0 * e)
+    knob = prof[9]  # right half width hw_r(y) = hw_r + knob bump + widening, then its ramp
+    np.square(knob, out=knob)
+    np.negative(knob, out=knob)
+    np.exp(knob, out=knob)
+    knob *= med.knob * sc
+    knob += med.hw_r * sc + 0.5
+    cv2.scaleAdd(prof[5], 0.015 * s * sc, knob, dst=knob)
+    dxm = dxc[oc0:oc1]
+    win = occ[:, oc0:oc1]
+    np.subtract(knob.reshape(sw, 1), dxm * sc, out=win)
+    np.minimum(win, (dxm + med.hw_l) * sc + 0.5, out=win)
+    _clip01(win)
     heart = anat.heart
     c0, c1 = span(*heart.cols(s, 3 * e))
-    dia = anat.diaphragm(pc)
+    dia = anat.diaphragm(grid1)
     floor = dia[c0:c1]
     r0, r1 = span(heart.cy - heart.ry - 3 * e, float(floor.max()) + 3 * e)
-    hf = heart.f(pc[c0:c1], pc[r0:r1], floor)
+    hf = heart.f(grid1[:, c0:c1], pc[r0:r1], floor)
     fields["heart"] = (r0, r1, c0, c1, hf)
-    hsoft = _ramp(hf, 2.5 * e)
     win = occ[r0:r1, c0:c1]
-    np.maximum(win, hsoft, out=win)
-    a_w += occ * 0.1
+    np.maximum(win, _ramp(hf, 2.5 * e), out=win)
+    oc0, oc1 = min(oc0, c0), max(oc1, c1)  # occ is 0 outside these columns
+    win = a_w[:, oc0:oc1]
+    cv2.scaleAdd(occ[:, oc0:oc1], 0.1, win, dst=win)
     # abdomen (liver, stomach) under the diaphragm is as dense as the heart
     r0, r1 = span(float(dia.min()) - 3 * e, s)
-    abd = _ramp(np.subtract.outer(dia, pc[r0:r1]).T, 3.0 * e)
+    sc = 1.0 / (3.0 * e)
+    abd = np.subtract((pc[r0:r1] * sc + 0.5)[:, None], (dia * sc)[None, :])
+    _clip01(abd)
     abd *= body[r0:r1]
-    abd *= 0.1
-    a_w[r0:r1] += abd
-
-    c0, c1 = span(cx - 0.05 * s, cx + 0.05 * s)
-    sx = np.sqrt(_c01(1.0 - ((pc[c0:c1] - cx) / (0.034 * s)) ** 2))
-    ph = (pc / (s * d.u(0.042, 0.05)) + d.u()) % 1.0
-    vert = 0.07 + 0.03 * _c01(np.abs(ph - 0.5) * 6 - 0.3)
-    a_w[:, c0:c1] += np.multiply.outer(vert, sx)
-    c0, c1 = span(cx - 0.03 * s, cx + 0.03 * s)
-    tx = _c01(1.0 - ((pc[c0:c1] - cx - 0.004 * s) / (0.02 * s)) ** 2)
-    ty = _c01((med.carina - pc) / (0.03 * s))
-    a_w[:, c0:c1] -= np.multiply.outer(ty * 0.1, tx)
+    win = a_w[r0:r1]
+    cv2.scaleAdd(abd, 0.1, win, dst=win)
 
     # --- lungs (air), vessel gate, effusion, pneumothorax ------------------------------------
     air = np.zeros((sw, sw), dtype=np.float32)
     gate = np.zeros((sw, sw), dtype=np.float32)  # where vascular markings show
-    for k, lung in enumerate(anat.lungs):
+    # Both lungs at once (every array has the lung as its first axis) on windows of one shape:
+    # the union of their rows, and as many columns as the wider one needs, each window widened
+    # away from the midline. The signed distance is the max of four terms that are each a sum
+    # of a row and a column profile, so one batched matrix product gives all four.
+    windows = []
+    for lung in anat.lungs:
         r0, r1, c0, c1 = lung.window(s, 3 * e)
-        r0, r1 = span(r0, r1)
-        c0, c1 = span(c0, c1)
-        u, v = lung.uv(pc[c0:c1], pc[r0:r1])
-        f = lung.f_uv(u, v)
+        windows.append((*span(r0, r1), *span(c0, c1)))
+    (lr0, lr1, lc0, lc1), (rr0, rr1, rc0, rc1) = windows
+    r0, r1 = min(lr0, rr0), max(lr1, rr1)
+    nr, nc = r1 - r0, max(lc1 - lc0, rc1 - rc0)
+    cols = (max(0, lc1 - nc), min(rc0, sw - nc))
+    lg0, lg1 = anat.lungs
+    # lung u (0 medial border, 1 lateral wall) of the window columns and v (0 apex, 1
+    # costophrenic angle) of its rows; column j of lung k's window is x = pc[j] + cols[k] * kw
+    lines = np.array(
+        [
+            (lg0.side / lg0.w, (cols[0] * kw - lg0.xm) * lg0.side / lg0.w),
+            (lg1.side / lg1.w, (cols[1] * kw - lg1.xm) * lg1.side / lg1.w),
+            (1.0 / lg0.h, -lg0.yt / lg0.h),
+            (1.0 / lg1.h, -lg1.yt / lg1.h),
+        ],
+        dtype=np.float32,
+    )
+    uu = np.matmul(lines[:2], grid1[:, :nc])  # [2, nc]
+    vv = np.matmul(lines[2:], grid1[:, r0:r1])  # [2, nr]
+    f, vc, uc = _lung_sdf(uu, vv, _lung_params(anat.lungs))  # [2, nr, nc]
+    ls = _ramp(f.reshape(2 * nr, nc), 1.5 * e).reshape(2, nr, nc)
+    # air is thickest mid-lung: lighter towards apex, base, hilum and chest wall
+    vprof = np.sin(np.pi * vc)
+    np.abs(vprof, out=vprof)
+    np.sqrt(vprof, out=vprof)
+    vprof *= 0.22
+    vprof += 0.78
+    uprof = np.sin(np.pi * uc)
+    np.abs(uprof, out=uprof)
+    np.sqrt(uprof, out=uprof)
+    uprof *= 0.4
+    uprof += 0.6
+    depth = np.multiply(ls, vprof.reshape(2, nr, 1))
+    depth *= uprof.reshape(2, 1, nc)
+    g = 1.0 - 0.75 * uc
+    g = np.multiply(ls, g.reshape(2, 1, nc))
+    for k, lung in enumerate(anat.lungs):
+        c0, c1 = cols[k], cols[k] + nc
         if k in effusions or k in ptx:
-            fields[f"lung{k}"] = (r0, r1, c0, c1, f)
-        ls = _ramp(f, 1.5 * e)
-        # air is thickest mid-lung: lighter towards apex, base, hilum and chest wall
-        vprof = 0.78 + 0.22 * np.sqrt(np.abs(np.sin(np.pi * _c01(v))))
-        uprof = 0.6 + 0.4 * np.sqrt(np.abs(np.sin(np.pi * _c01(u))))
-        depth = np.multiply.outer(vprof, uprof)
-        depth *= ls
-        g = ls * (1.0 - 0.75 * _c01(u))[None, :]
+            fields[f"lung{k}"] = (r0, r1, c0, c1, f[k])
+        u, v, dk, gk = uu[k], vv[k], depth[k], g[k]
         if k in effusions:
             eff = effusions[k]
             ev = eff.below(lung, u, v)
             fill = ev * (1.0 / (0.025 * lung.h))
             fill += 0.5
             _clip01(fill)
-            fill *= 0.8 + 0.2 * _c01(ev * (1.0 / (0.25 * lung.h)))
-            depth *= 1.0 - eff.strength * fill
-            g *= 1.0 - fill
+            rim = ev * (0.8 / lung.h)  # 0.8 + 0.2 * clip(ev / (0.25 h), 0, 1)
+            cv2.threshold(rim, 0.0, 0.0, cv2.THRESH_TOZERO, dst=rim)
+            cv2.threshold(rim, 0.2, 0.0, cv2.THRESH_TRUNC, dst=rim)
+            rim += 0.8
+            fill *= rim
+            np.multiply(fill, -eff.strength, out=rim)
+            rim += 1.0
+            dk *= rim
+            np.subtract(1.0, fill, out=fill)
+            gk *= fill
         if k in ptx:
             p = ptx[k]
             fc = p.collapsed_f(lung, u, v)
             fields[f"ptx{k}"] = (r0, r1, c0, c1, fc)
-            gap = _ramp(-fc, e)
-            gap *= ls
-            depth += gap * (0.12 * p.strength)
-            g *= 1.0 - gap
+            gap = fc * (1.0 / e)  # ramp of -fc
+            gap += 0.5
+            _clip01(gap)
+            gap *= ls[k]
+            cv2.scaleAdd(gap, 0.12 * p.strength, dk, dst=dk)
+            np.subtract(1.0, gap, out=gap)
+            gk *= gap
             line = np.abs(fc)
             line *= -1.0 / max(0.7, 0.9 * e)
             line += 1.0
-            _clip01(line)
-            line *= ls
-            a_w[r0:r1, c0:c1] += line * (0.16 * p.strength)
-        air[r0:r1, c0:c1] += depth
-        gate[r0:r1, c0:c1] += g
-    vis = 1.0 - occ
-    air *= vis
-    gate *= vis
-    a_w -= air * 0.38
+            cv2.threshold(line, 0.0, 0.0, cv2.THRESH_TOZERO, dst=line)  # (<= 1 already)
+            line *= ls[k]
+            win = a_w[r0:r1, c0:c1]
+            cv2.scaleAdd(line, 0.16 * p.strength, win, dst=win)
+        air[r0:r1, c0:c1] += dk
+        gate[r0:r1, c0:c1] += gk
+    vis = 1.0 - occ[:, oc0:oc1]  # the occluder hides the lungs behind it
+    air[:, oc0:oc1] *= vis
+    gate[:, oc0:oc1] *= vis
+    cv2.scaleAdd(air, -0.38, a_w, dst=a_w)
 
     # vascular markings: two trees from the fixed bank, shifted onto this image's hila
-    bank, pad = _vessel_bank(sw)
+    bank, pad = _vessel_bank_f(sw)
     split = min(sw, max(0, int(cx / kw)))
-    for lung, (a, b) in zip(anat.lungs, ((0, split), (split, sw)), strict=True):
+    for (r0, r1, c0, c1), lung, (a, b) in zip(
+        windows, anat.lungs, ((0, split), (split, sw)), strict=True
+    ):
         var = d.integer(_VESSEL_VARIANTS)
         dx = (cx - 0.5 * s) / kw + d.u(-0.3, 0.3) * pad
         dy = (lung.yt + 0.45 * lung.h - 0.45 * s) / kw + d.u(-0.3, 0.3) * pad
         ox = min(2 * pad, max(0, int(round(pad - dx))))
         oy = min(2 * pad, max(0, int(round(pad - dy))))
-        tree = bank[var, oy : oy + sw, ox : ox + sw]
-        if d.u() < 0.5:
-            tree = bank[var, oy : oy + sw, ::-1][:, ox : ox + sw]
-        r0, r1, c0, c1 = lung.window(s, 3 * e)  # markings only show inside this lung
-        r0, r1 = span(r0, r1)
-        c0, c1 = span(c0, c1)
-        c0, c1 = max(c0, a), min(c1, b)
+        tree = bank[int(d.u() < 0.5), var, oy : oy + sw, ox : ox + sw]
+        c0, c1 = max(c0, a), min(c1, b)  # markings only show inside this lung
         if c1 > c0:
-            marks = gate[r0:r1, c0:c1] * np.float32(0.2 / 255.0)
-            marks *= tree[r0:r1, c0:c1]
-            a_w[r0:r1, c0:c1] += marks
+            win = a_w[r0:r1, c0:c1]
+            cv2.accumulateProduct(gate[r0:r1, c0:c1], tree[r0:r1, c0:c1], win)
 
     # --- ribs: a rib cage from the fixed bank, shifted onto this thorax ----------------------
     top = min(left.yt, right.yt) - 0.05 * s
     bot = max(left.yt + left.h, right.yt + right.h) + 0.04 * s
-    rib_bank, pad = _rib_bank(sw)
+    rib_bank, pad = _rib_bank_f(sw)
     var = d.integer(_RIB_VARIANTS)
     ox = min(2 * pad, max(0, round(pad - (cx - 0.5 * s) / kw)))
     oy = min(2 * pad, max(0, round(pad - (top - _RIB_TOP * s) / kw)))
-    cage = rib_bank[var, oy : oy + sw]
-    cage = cage[:, ::-1][:, ox : ox + sw] if d.u() < 0.5 else cage[:, ox : ox + sw]
+    cage = rib_bank[int(d.u() < 0.5), var, oy : oy + sw, ox : ox + sw]
     r0, r1 = span(top - 0.02 * s, bot + 0.06 * s)
     c0, c1 = span(cx - anat.thorax_half - 0.06 * s, cx + anat.thorax_half + 0.06 * s)
-    wgt = air[r0:r1, c0:c1] * 1.5  # ribs show best over the lungs
-    np.minimum(wgt, 1.0, out=wgt)
-    wgt *= 0.6 * 0.07 / 255.0
-    wgt += 0.4 * 0.07 / 255.0
-    wgt *= cage[r0:r1, c0:c1]
-    a_w[r0:r1, c0:c1] += wgt
+    wgt = air[r0:r1, c0:c1] * 0.9  # ribs show best over the lungs: 0.4 + 0.6 min(1.5 air, 1)
+    wgt += 0.4
+    cv2.threshold(wgt, 1.0, 0.0, cv2.THRESH_TRUNC, dst=wgt)
+    win = a_w[r0:r1, c0:c1]
+    cv2.accumulateProduct(wgt, cage[r0:r1, c0:c1], win)
 
-    # clavicles
-    r0, r1 = span(top - 0.06 * s, top + 0.12 * s)
-    c0, c1 = span(cx - 0.36 * s, cx + 0.36 * s)
-    dcl = np.abs(pc[c0:c1] - cx) / s
-    yc = top / s + d.u(0.07, 0.1) - 0.25 * dcl + 0.25 * dcl * dcl
-    band = np.abs(np.subtract.outer(pc[r0:r1] / s, yc))
-    band *= -s / e
-    band += 0.016 * s / e
-    _clip01(band)
-    band *= (_c01((dcl - 0.03) / 0.02) * _c01((0.33 - dcl) / 0.03))[None, :]
-    a_w[r0:r1, c0:c1] += band * 0.1
+    # clavicles: a fixed stamp placed at the work pixel nearest to (cx, top + U * s)
+    stamp, oy, ox = _clavicle_stamp(sw, s)
+    i0 = round((top + d.u(0.07, 0.1) * s) / kw - 0.5) - oy
+    j0 = round(cx / kw - 0.5) - ox
+    a, b = max(0, -i0), min(stamp.shape[0], sw - i0)
+    c, f = max(0, -j0), min(stamp.shape[1], sw - j0)
+    if b > a and f > c:
+        a_w[i0 + a : i0 + b, j0 + c : j0 + f] += stamp[a:b, c:f]
 
-    # gastric bubble under the image-right hemidiaphragm
+    # gastric bubble under the image-right hemidiaphragm: a stamp from the bank (half axes
+    # snapped to its levels), centred on the work pixel nearest to (gx, gy)
     gx = cx + s * d.u(0.12, 0.2)
     gy = right.yt + right.h * (1.0 - right.dd * 0.5) + s * d.u(0.04, 0.07)
-    grx, gry = s * d.u(0.04, 0.07), s * d.u(0.02, 0.035)
-    r0, r1 = span(gy - gry - 2 * e, gy + gry + 2 * e)
-    c0, c1 = span(gx - grx - 2 * e, gx + grx + 2 * e)
-    if r1 > r0 and c1 > c0:
-        eb = np.add.outer(((pc[r0:r1] - gy) / gry) ** 2, ((pc[c0:c1] - gx) / grx) ** 2)
-        a_w[r0:r1, c0:c1] -= _ramp(eb - 1.0, 0.3) * d.u(0.05, 0.12)
+    ix, iy = d.integer(_BUBBLE_LEVELS), d.integer(_BUBBLE_LEVELS)
+    stamp = _bubble_bank(sw, s)[ix][iy]
+    i0 = round(gy / kw - 0.5) - stamp.shape[0] // 2
+    j0 = round(gx / kw - 0.5) - stamp.shape[1] // 2
+    a, b = max(0, -i0), min(stamp.shape[0], sw - i0)
+    c, f = max(0, -j0), min(stamp.shape[1], sw - j0)
+    if b > a and f > c:
+        win = a_w[i0 + a : i0 + b, j0 + c : j0 + f]
+        cv2.scaleAdd(stamp[a:b, c:f], -d.u(0.05, 0.12), win, dst=win)
     return a_w, occ, fields
 
 
@@ -1101,36 +1473,38 @@ def _place_focal(
     pc = _pixel_centres(s)
     dy = pc[r0:r1] - y
     dx = pc[c0:c1] - x
-    dist = np.sqrt(np.add.outer(dy * dy, dx * dx))
+    dist = np.add((dy * dy)[:, None], (dx * dx)[None, :])
+    cv2.sqrt(dist, dst=dist)
     if n_h:
         # radius per direction from a 1-D table over angle bins; the bin of each pixel comes from
         # a per-size table centred on the pixel that holds the lesion centre
         bins, big_r = _angle_bins(s)
-        theta = (np.arange(_ANGLE_BINS) + 0.5) * (2.0 * math.pi / _ANGLE_BINS) - math.pi
-        table = np.full(_ANGLE_BINS, r)
-        for k in range(n_h):
-            table += (r * coef[k]) * np.cos((k + 2) * theta + phase[k])
+        # cos(k t + p) = cos(k t) cos(p) - sin(k t) sin(p)
+        wts = [r * ck * math.cos(pk) for ck, pk in zip(coef, phase, strict=True)]
+        wts += [-r * ck * math.sin(pk) for ck, pk in zip(coef, phase, strict=True)]
+        table = np.matmul(np.array(wts), _HARMONICS)  # n_h == 4
+        table += r
         i0, j0 = r0 - int(y) + big_r, c0 - int(x) + big_r
-        rad = table.astype(np.float32)[bins[i0 : i0 + r1 - r0, j0 : j0 + c1 - c0]]
+        rad = cv2.LUT(bins[i0 : i0 + r1 - r0, j0 : j0 + c1 - c0], table.astype(np.float32))
+        sd = dist - rad  # px, negative inside
+        les = _cut(cls, sd < 0, r0, c0)
+        dist /= rad
     else:
-        rad = np.full_like(dist, r)
-    sd = dist - rad  # px, negative inside
-    mask = sd < 0
-    if n_h:
-        mask = _largest_component(mask)
-    les = _trim(cls, mask, r0, c0)
+        sd = dist - r
+        les = _trim(cls, sd < 0, r0, c0)
+        dist *= 1.0 / r
     if les is None:
         return None
     prof = _ramp(sd, 0.9 if cls == _NODULE else 1.3)
-    dist /= rad
-    dist *= dist
+    dist *= dist  # dome profile 0.55 + 0.45 * sqrt(1 - (dist / rad)^2)
     np.subtract(1.0, dist, out=dist)
-    np.maximum(dist, 0.0, out=dist)
-    np.sqrt(dist, out=dist)  # dome profile
+    cv2.threshold(dist, 0.0, 0.0, cv2.THRESH_TOZERO, dst=dist)
+    cv2.sqrt(dist, dst=dist)
     dist *= 0.45
     dist += 0.55
     prof *= dist
-    a_img[r0:r1, c0:c1] += prof * np.float32(c)
+    win = a_img[r0:r1, c0:c1]
+    cv2.scaleAdd(prof, c, win, dst=win)
     h, w = les.mask.shape
     busy[max(0, les.y0 - 2) : les.y0 + h + 2, max(0, les.x0 - 2) : les.x0 + w + 2] = True
     return les
@@ -1183,6 +1557,8 @@ def _draw_tube(d: _Draws, anat: _Anatomy, s: int, a_img: np.ndarray) -> tuple[_L
 
 
 _TONE_X = np.linspace(0.0, 1.0, 256)
+_TONE_A = 6.0 + 244.0 * _TONE_X  # the tone curve is _TONE_A + bend * _TONE_B
+_TONE_B = 244.0 * _TONE_X * (1.0 - _TONE_X)
 
 
 def _tone(d: _Draws, a_img: np.ndarray) -> np.ndarray:
@@ -1193,8 +1569,7 @@ def _tone(d: _Draws, a_img: np.ndarray) -> np.ndarray:
     """
     lo, hi = -0.05 + d.u(-0.04, 0.04), 1.0 + d.u(-0.08, 0.08)
     bend = d.u(-0.35, 0.2) - 0.15  # y = x + bend * x * (1 - x): < 0 darkens the mid-tones
-    x = _TONE_X
-    lut = np.round(6.0 + 244.0 * (x * ((1.0 + bend) - bend * x))).astype(np.uint8)
+    lut = np.rint(_TONE_B * bend + _TONE_A).astype(np.uint8)  # 6 + 244 (x + bend x (1 - x))
     # |alpha * a + beta| saturated to 0..255: values below `lo` (the black level) fold back
     # into the black noise, which is harmless
     idx = cv2.convertScaleAbs(a_img, alpha=255.0 / (hi - lo), beta=-255.0 * lo / (hi - lo))
@@ -1329,9 +1704,10 @@ class PhantomDataset(torch.utils.data.Dataset):
             if not names or len(set(names)) != len(names):
                 raise DataError(f"phantom: classes must be non-empty and unique, got {names}")
         self.classes = names
-        self._remap = np.full(len(PHANTOM_CLASSES), -1, dtype=np.int64)
-        for new, name in enumerate(names):
-            self._remap[PHANTOM_CLASSES.index(name)] = new
+        # index into ``classes`` of each phantom class, -1 where not selected
+        self._remap = tuple(names.index(c) if c in names else -1 for c in PHANTOM_CLASSES)
+        # rendered lesions come sorted by class; a subset in the original order keeps that
+        self._ordered = list(names) == sorted(names, key=PHANTOM_CLASSES.index)
         self.info = DatasetInfo(
             name="phantom",
             classes=names,
@@ -1354,7 +1730,9 @@ class PhantomDataset(torch.utils.data.Dataset):
         return item
 
     def __getitem__(self, index: int) -> Sample:
-        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+        if type(index) is not int and (
+            isinstance(index, bool) or not isinstance(index, numbers.Integral)
+        ):
             raise TypeError(f"PhantomDataset index must be an int, got {type(index).__name__}")
         i = int(index)
         if i < 0:
@@ -1368,7 +1746,7 @@ class PhantomDataset(torch.utils.data.Dataset):
         masks = np.zeros((k, s, s), dtype=bool)
         rows = []
         for les in c.lesions:
-            j = int(self._remap[les.cls])
+            j = self._remap[les.cls]
             if j < 0:
                 continue
             target[j] = 1.0
@@ -1376,12 +1754,12 @@ class PhantomDataset(torch.utils.data.Dataset):
             masks[j, les.y0 : les.y0 + h, les.x0 : les.x0 + w] |= les.mask
             rows.append((j, *les.box))
         boxes = np.array(rows, dtype=np.float32).reshape(-1, 5)
-        if len(rows) > 1:
+        if len(rows) > 1 and not self._ordered:  # a reordering class subset: sort by class
             boxes = boxes[np.argsort(boxes[:, 0], kind="stable")]
         meta = c.meta(as_torch=True)
         meta["split"] = self.split
         return Sample(
-            image=torch.from_numpy(c.image)[None],
+            image=torch.from_numpy(c.image.reshape(1, s, s)),
             target=torch.from_numpy(target),
             boxes=torch.from_numpy(boxes),
             masks=torch.from_numpy(masks),

@@ -58,7 +58,7 @@ __all__ = [
     "PxAPEvaluator",
 ]
 
-_CV2_MAX_CHANNELS = 512  # cv2.resize handles at most CV_CN_MAX channels per call
+_CV2_MAX_CHANNELS = 128  # cv2.resize takes at most 128 channels per call in OpenCV 5 (CV_CN_MAX 512 in 4.x)
 
 
 def cam_thresholds(cam_curve_interval: float) -> np.ndarray:

@@ -307,3 +307,15 @@ def test_pxap_no_positive_is_nan_and_nan_map_raises() -> None:
         ev.accumulate(np.full((1, 4, 5), np.nan), MASK[None])
     with pytest.raises(ValueError, match="PxAP"):
         ev.accumulate(np.full((1, 4, 5), 1.5), MASK[None])
+
+
+def test_prepare_scoremaps_handles_more_maps_than_cv2_channels() -> None:
+    """OpenCV 5 resizes at most 128 channels per call: 300 maps must still work, map by map."""
+    from lesionsweep.metrics.wsol import prepare_scoremaps
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((300, 4, 5)).astype(np.float32)
+    out = prepare_scoremaps(maps, (16, 20), "MaxBoxAccV2")
+    assert out.shape == (300, 16, 20)
+    single = prepare_scoremaps(maps[257:258], (16, 20), "MaxBoxAccV2")
+    np.testing.assert_allclose(out[257], single[0], atol=1e-6)

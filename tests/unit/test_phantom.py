@@ -310,6 +310,65 @@ def test_size_bounds_render() -> None:
         render_phantom(PhantomSpec(), -1, 0)
 
 
+# ----------------------------------------------------------------------------- fast paths
+
+
+@pytest.mark.parametrize("sw, s", [(64, 128), (65, 130), (64, 97), (64, 64)])
+def test_window_upsampling_equals_the_full_resize(sw: int, s: int) -> None:
+    # masks are cut from fields upsampled like the image; at factor 2 only a block around the
+    # window is resized, which must give the very values of the full resize
+    import cv2
+    from lesionsweep.data.phantom import _upsample_region
+
+    rng = np.random.default_rng(0)
+    arr = rng.standard_normal((sw, sw)).astype(np.float32)
+    full = cv2.resize(arr, (s, s), interpolation=cv2.INTER_LINEAR)
+    for _ in range(30):
+        r0, r1 = sorted(rng.integers(0, s + 1, 2))
+        c0, c1 = sorted(rng.integers(0, s + 1, 2))
+        r1, c1 = max(r1, r0 + 1), max(c1, c0 + 1)
+        got = _upsample_region(arr, s, (r0, min(r1, s), c0, min(c1, s)))
+        assert np.array_equal(got, full[r0:r1, c0:c1]), (r0, r1, c0, c1)
+
+
+def test_cut_keeps_the_largest_component_on_its_tight_box() -> None:
+    from lesionsweep.data.phantom import _cut
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        mask = ndimage.binary_opening(rng.random((40, 50)) < 0.35)
+        lab, n = ndimage.label(mask, structure=EIGHT)
+        les = _cut(3, mask, 7, 11)
+        if n == 0:
+            assert les is None
+            continue
+        sizes = np.bincount(lab.ravel())[1:]
+        want = lab == 1 + int(np.argmax(sizes))
+        rows, cols = np.flatnonzero(want.any(1)), np.flatnonzero(want.any(0))
+        assert (les.cls, les.y0, les.x0) == (3, 7 + rows[0], 11 + cols[0])
+        assert np.array_equal(les.mask, want[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
+
+
+@pytest.mark.parametrize("size", [130, 129])
+def test_boxes_exact_on_both_upsampling_paths(size: int) -> None:
+    # even sizes take the windowed factor-2 upsampling, odd ones the full resize
+    prev = {"cardiomegaly": 1.0, "effusion": 1.0, "pneumothorax": 1.0, "mass": 0.5}
+    for item in _items(PhantomSpec(image_size=size, prevalence=prev, seed=2), 6):
+        _check_item(item, size)
+        assert item.labels[PHANTOM_CLASSES.index("cardiomegaly")] == 1
+
+
+def test_threads_render_the_same_bytes() -> None:
+    # no shared mutable buffers: concurrent renders of one item agree with a serial render
+    from concurrent.futures import ThreadPoolExecutor
+
+    spec = PhantomSpec(image_size=64, prevalence=0.5, confounder_class="mass")
+    want = [render_phantom(spec, 0, i).image.tobytes() for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: render_phantom(spec, 0, i % 8).image.tobytes(), range(32)))
+    assert got == want * 4
+
+
 def test_save_preview_writes_png(tmp_path) -> None:
     from PIL import Image
 

@@ -1,0 +1,304 @@
+"""The sweep commands: plain functions plus their ``argparse`` sub-commands.
+
+* :func:`run_sweep` — ``lesionsweep sweep [SPEC] [--set k=v] [--address A]``
+* :func:`resume_sweep` — ``lesionsweep resume SWEEP``
+* :func:`export_configs` — ``lesionsweep export SWEEP [--top-k K] [--per-method] [--pareto]``
+
+Ray is imported only when a sweep actually runs (through :mod:`.backend`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from .export import SPEC_FILE, Exported, export_sweep
+from .spec import SweepSpec, load_spec, parse_overrides, spec_from_dict
+from .storage import SweepLocation
+from .summary import SweepSummary, summarize
+
+__all__ = [
+    "run_sweep",
+    "resume_sweep",
+    "export_configs",
+    "add_subparsers",
+    "load_sweep_spec",
+    "profile_overrides",
+]
+
+
+def _auto_export(spec: SweepSpec, root: str) -> list[str]:
+    """Export the best config overall and per method (or the Pareto front) after a sweep."""
+    loc = SweepLocation(root)
+    if not loc.is_local:
+        return []
+    out: list[Exported] = []
+    try:
+        if spec.objective.multi:
+            out = export_sweep(root, pareto=True)
+        else:
+            out = export_sweep(root, top_k=1)
+            methods = {r for r in _methods(root)}
+            if len(methods) > 1:
+                out += export_sweep(root, top_k=1, per_method=True)
+    except ConfigError:
+        return []  # nothing completed yet
+    return [str(e.path) for e in out]
+
+
+def _methods(root: str) -> list[str]:
+    from .results import read_table
+
+    t = read_table(SweepLocation(root))
+    return sorted(set(t.column("method").to_pylist())) if t.num_rows else []
+
+
+def _run(
+    spec: SweepSpec,
+    address: str | None,
+    restore: bool,
+    retry_failed: bool = False,
+    progress: bool = True,
+    num_cpus: int | None = None,
+) -> SweepSummary:
+    from . import backend
+
+    root = spec.location.root
+    t0 = time.monotonic()
+    started = backend.init_ray(address, num_cpus=num_cpus)
+    try:
+        records, interrupted, abort = backend.run_tune(
+            spec, root, restore=restore, retry_failed=retry_failed, progress=progress
+        )
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    if abort:
+        raise ConfigError(f"sweep {spec.name!r} stopped: {abort}")
+    exported = _auto_export(spec, root)
+    return summarize(
+        spec.name,
+        root,
+        records,
+        spec.objective.metrics,
+        spec.objective.modes,
+        wall_time_s=time.monotonic() - t0,
+        exported=exported,
+        interrupted=interrupted,
+    )
+
+
+def profile_overrides(profile: str) -> dict[str, Any]:
+    """A resource profile (shipped name or YAML path) as spec overrides.
+
+    A profile is a partial spec (``resources``, ``concurrency``, ``base``, ``storage``...).
+    """
+    from lesionsweep.cluster import profile_path
+
+    p = profile_path(profile)
+    raw = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{p}: a resource profile must be a mapping of spec keys")
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k in ("base", "resources", "budget", "data") and isinstance(v, Mapping):
+            for kk, vv in v.items():
+                out[f"{k}.{kk}"] = vv
+        else:
+            out[str(k)] = v
+    return out
+
+
+def run_sweep(
+    spec_path: str | Path | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    num_cpus: int | None = None,
+    profile: str | None = None,
+) -> SweepSummary:
+    """Run a sweep from a spec file (``None``: the demo sweep).
+
+    Args:
+        spec_path: the spec YAML, or None for the built-in demo spec.
+        overrides: ``{"budget.trials": 4}`` or ``["budget.trials=4"]`` (applied last).
+        address: a Ray cluster address (default: ``RAY_ADDRESS``, else a local in-process Ray).
+        progress: print a line per trial event on stderr.
+        num_cpus: logical CPUs of a local Ray (default: all).
+        profile: a resource profile (``cpu-laptop``, ``shared-gpu``, ``gpu-node``,
+            ``ddp-4gpu`` or a YAML path) merged into the spec before ``overrides``.
+
+    Raises:
+        ConfigError: invalid spec / spaces, or an existing sweep folder (resume it instead).
+    """
+    if overrides is not None and not isinstance(overrides, Mapping):
+        overrides = parse_overrides(list(overrides))
+    merged: dict[str, Any] = profile_overrides(profile) if profile else {}
+    merged.update(overrides or {})
+    spec = load_spec(spec_path, merged)
+    loc = spec.location
+    if loc.exists(SPEC_FILE) or loc.exists("tuner.pkl"):
+        raise ConfigError(
+            f"sweep folder {loc.root} already exists: continue it with `lesionsweep resume "
+            f"{loc.root}`, or pick another name (--set name=...) or storage"
+        )
+    loc.makedirs()
+    loc.write_bytes(SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
+    if progress:
+        obj = spec.objective
+        objective = ", ".join(f"{m} ({d})" for m, d in zip(obj.metrics, obj.modes, strict=True))
+        print(
+            f"sweep {spec.name!r}: {spec.budget.trials} trial(s) over space(s) "
+            f"{', '.join(spec.spaces.names)}, objective {objective}, folder {loc.root}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return _run(spec, address, restore=False, progress=progress, num_cpus=num_cpus)
+
+
+def load_sweep_spec(sweep: str | Path) -> SweepSpec:
+    """The spec stored in a sweep folder (``sweep.yaml``), validated again."""
+    loc = SweepLocation.parse(sweep)
+    if not loc.exists(SPEC_FILE):
+        raise ConfigError(f"{loc.join(SPEC_FILE)}: not found; is {loc.root} a sweep folder?")
+    raw = yaml.safe_load(loc.read_bytes(SPEC_FILE).decode()) or {}
+    raw["storage"] = loc.storage
+    raw["name"] = loc.name
+    return spec_from_dict(raw, source=loc.join(SPEC_FILE))
+
+
+def resume_sweep(
+    sweep: str | Path,
+    address: str | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    num_cpus: int | None = None,
+) -> SweepSummary:
+    """Continue an interrupted sweep (Ctrl-C or a killed driver).
+
+    Finished trials are kept; unfinished ones restart with the same trial id and continue after
+    their last checkpoint; failed ones stay failed unless ``retry_failed``. ASHA's rungs and the
+    pruned trials are reloaded from ``asha_state.json``; the searcher's Optuna study from Ray's
+    searcher checkpoint.
+    """
+    spec = load_sweep_spec(sweep)
+    if progress:
+        print(f"resuming sweep {spec.name!r} in {spec.location.root}", file=sys.stderr, flush=True)
+    return _run(
+        spec, address, restore=True, retry_failed=retry_failed, progress=progress, num_cpus=num_cpus
+    )
+
+
+def export_configs(
+    sweep: str | Path,
+    top_k: int = 1,
+    per_method: bool = False,
+    pareto: bool = False,
+    out_dir: str | Path | None = None,
+    by: str = "final",
+) -> list[Exported]:
+    """Write the best trials' run configs (see :func:`lesionsweep.sweep.export.export_sweep`)."""
+    return export_sweep(
+        sweep, top_k=top_k, per_method=per_method, pareto=pareto, out_dir=out_dir, by=by
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# argparse
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    summary = run_sweep(
+        args.spec,
+        args.set,
+        address=args.address,
+        progress=not args.quiet,
+        num_cpus=args.num_cpus,
+        profile=args.profile,
+    )
+    print(summary.format())
+    return 130 if summary.interrupted else 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    summary = resume_sweep(
+        args.sweep,
+        address=args.address,
+        retry_failed=args.retry_failed,
+        progress=not args.quiet,
+        num_cpus=args.num_cpus,
+    )
+    print(summary.format())
+    return 130 if summary.interrupted else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    for e in export_configs(
+        args.sweep,
+        top_k=args.top_k,
+        per_method=args.per_method,
+        pareto=args.pareto,
+        out_dir=args.out,
+        by=args.by,
+    ):
+        vals = " ".join(f"{k}={v:.4f}" for k, v in e.values.items())
+        print(f"{e.path}  [{e.group} #{e.rank}] trial {e.trial_id} ({e.method}) {vals}")
+    return 0
+
+
+def add_subparsers(sub: Any) -> None:
+    """Register ``sweep``, ``resume`` and ``export`` on the CLI's sub-parsers."""
+    s = sub.add_parser(
+        "sweep",
+        help="run a hyperparameter sweep (no SPEC: the ~10-minute CPU demo on the phantom)",
+        description="Run a sweep spec with Ray Tune + Optuna. Results: <storage>/<name>/"
+        "trials.parquet and epochs.parquet; TensorBoard: tensorboard --logdir <storage>/<name>.",
+    )
+    s.add_argument("spec", nargs="?", help="sweep spec YAML (default: the built-in demo)")
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a spec key, e.g. budget.trials=4, base.optim.lr=0.01, storage=s3://b/p",
+    )
+    s.add_argument(
+        "--profile",
+        help="resource profile merged into the spec: cpu-laptop, shared-gpu, gpu-node, ddp-4gpu "
+        "or a YAML path (see lesionsweep/cluster/README.md)",
+    )
+    s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    s.add_argument("--num-cpus", type=int, help="logical CPUs of the local Ray (default: all)")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.set_defaults(func=_cmd_sweep)
+
+    r = sub.add_parser("resume", help="continue an interrupted sweep (Ctrl-C or killed driver)")
+    r.add_argument("sweep", help="the sweep folder (<storage>/<name>) or its URI")
+    r.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    r.add_argument("--num-cpus", type=int, help="logical CPUs of the local Ray (default: all)")
+    r.add_argument("--retry-failed", action="store_true", help="also re-run failed trials")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
+    r.set_defaults(func=_cmd_resume)
+
+    e = sub.add_parser("export", help="write the best trials' run configs as YAML")
+    e.add_argument("sweep", help="the sweep folder")
+    e.add_argument("--top-k", type=int, default=1, help="configs per group (default 1)")
+    e.add_argument("--per-method", action="store_true", help="rank each method separately")
+    e.add_argument("--pareto", action="store_true", help="the Pareto front (multi-objective)")
+    e.add_argument(
+        "--by",
+        choices=("final", "best"),
+        default="final",
+        help="rank on the final (default) or the best epoch's value",
+    )
+    e.add_argument("--out", help="output folder (default: <sweep>/exports)")
+    e.set_defaults(func=_cmd_export)

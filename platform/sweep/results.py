@@ -1,0 +1,409 @@
+"""Sweep results as Parquet: one record type per table, one schema derivation, atomic writes.
+
+Two tables live in the sweep folder:
+
+* ``trials.parquet``: one row per trial (:class:`TrialRecord`): id, status (``pending``,
+  ``running``, ``completed``, ``pruned``, ``stopped``, ``failed``), space, method, every
+  parameter as its own typed column ``param.<key>``, the final and best validation metrics as
+  ``final.<metric>`` / ``best.<metric>`` (float64), epochs run, wall time, resources, error, the
+  full resolved run config as JSON;
+* ``epochs.parquet``: one row per trial per epoch (:class:`EpochRecord`) with every reported
+  metric as its own float64 column (named as reported, e.g. ``val/auroc_macro``).
+
+The Arrow schema of each table is derived from its dataclass in :func:`schema_for` (fixed
+columns from the field annotations, the dict-valued fields expanded into prefixed columns whose
+types come from the search spaces or are float64 for metrics). The schema version and table name
+are stored in the Parquet key-value metadata (``lesionsweep.schema_version``,
+``lesionsweep.table``). Files are written whole, atomically (temp + rename), so a reader or a
+killed driver never sees a torn file. pandas, pyarrow and duckdb read them as they are::
+
+    duckdb.sql("SELECT trial_id, \\"param.optim.lr\\", \\"final.val/auroc_macro\\" "
+               "FROM 'sweeps/demo/trials.parquet' ORDER BY 3 DESC")
+
+``stopped`` means stopped by the sweep's time budget (not by early stopping, which is
+``pruned``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import ConfigError
+from .storage import SweepLocation
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "TrialRecord",
+    "EpochRecord",
+    "schema_for",
+    "records_to_table",
+    "table_to_records",
+    "ResultsStore",
+    "read_table",
+    "TRIALS_FILE",
+    "EPOCHS_FILE",
+]
+
+SCHEMA_VERSION = 1
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+STATUSES = ("pending", "running", "completed", "pruned", "stopped", "failed")
+_META_VERSION = b"lesionsweep.schema_version"
+_META_TABLE = b"lesionsweep.table"
+_META_SWEEP = b"lesionsweep.sweep"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class TrialRecord:
+    """One row of ``trials.parquet``.
+
+    Attributes:
+        trial_id: Ray Tune's trial id (stable across resume).
+        status: one of :data:`STATUSES`.
+        space: the search space the trial was drawn from.
+        method: ``method.name`` of the trial's run config.
+        epochs_run: epochs reported so far.
+        best_epoch: epoch of the best value of the first objective metric (None before any).
+        objective: final value of the first objective metric (None before any report).
+        wall_time_s: seconds from the trial's first report to its last (Ray's ``time_total_s``).
+        workers, cpus_per_worker, gpus_per_worker: the trial's resources.
+        run_dir: folder with the trial's checkpoints and TensorBoard events.
+        error: why the trial failed (first line of the exception), else None.
+        config_json: the complete resolved run config (``RunConfig.to_dict`` as JSON).
+        started_at, updated_at: UTC timestamps.
+        params: drawn parameters → ``param.<key>`` columns (typed by the spaces).
+        final: last reported metrics → ``final.<metric>`` columns.
+        best: metrics at ``best_epoch`` → ``best.<metric>`` columns.
+    """
+
+    trial_id: str
+    status: str
+    space: str
+    method: str
+    epochs_run: int = 0
+    best_epoch: int | None = None
+    objective: float | None = None
+    wall_time_s: float = 0.0
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    run_dir: str = ""
+    error: str | None = None
+    config_json: str = "{}"
+    started_at: datetime | None = None
+    updated_at: datetime = field(default_factory=_now)
+    params: dict[str, Any] = field(default_factory=dict, metadata={"prefix": "param."})
+    final: dict[str, float] = field(default_factory=dict, metadata={"prefix": "final."})
+    best: dict[str, float] = field(default_factory=dict, metadata={"prefix": "best."})
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} is not one of {STATUSES}")
+
+
+@dataclass
+class EpochRecord:
+    """One row of ``epochs.parquet``: a trial's metrics after one epoch.
+
+    Attributes:
+        trial_id, space, method: as in :class:`TrialRecord`.
+        epoch: 1-based epoch number.
+        elapsed_s: seconds since the trial started (Ray's ``time_total_s``).
+        reported_at: UTC timestamp of the report.
+        metrics: every reported metric → a float64 column named as reported.
+    """
+
+    trial_id: str
+    space: str
+    method: str
+    epoch: int
+    elapsed_s: float = 0.0
+    reported_at: datetime = field(default_factory=_now)
+    metrics: dict[str, float] = field(default_factory=dict, metadata={"prefix": ""})
+
+
+_TABLE_OF = {TrialRecord: "trials", EpochRecord: "epochs"}
+_KEY_OF = {TrialRecord: ("trial_id",), EpochRecord: ("trial_id", "epoch")}
+
+_ARROW = {
+    "str": pa.string(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "bool": pa.bool_(),
+    "datetime": pa.timestamp("us", tz="UTC"),
+}
+_COLUMN_TYPES = {
+    "float64": pa.float64(),
+    "int64": pa.int64(),
+    "bool": pa.bool_(),
+    "string": pa.string(),
+}
+
+
+def _fixed_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls) if "prefix" not in f.metadata]
+
+
+def _dynamic_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls) if "prefix" in f.metadata]
+
+
+def schema_for(
+    cls: type,
+    dynamic: Mapping[str, Mapping[str, str]] | None = None,
+    sweep: str = "",
+) -> pa.Schema:
+    """The Arrow schema of a record type: THE one place a table's columns are defined.
+
+    Args:
+        cls: :class:`TrialRecord` or :class:`EpochRecord`.
+        dynamic: for each dict-valued field (``params``, ``final``, ``best``, ``metrics``), its
+            keys and their column types (``float64``, ``int64``, ``bool``, ``string``).
+        sweep: the sweep name stored in the metadata.
+    """
+    dynamic = dynamic or {}
+    cols: list[pa.Field] = []
+    for f in _fixed_fields(cls):
+        ann = str(f.type).replace(" ", "")
+        nullable = "|None" in ann
+        base = ann.replace("|None", "")
+        cols.append(pa.field(f.name, _ARROW[base], nullable=nullable))
+    for f in _dynamic_fields(cls):
+        prefix = f.metadata["prefix"]
+        for key, t in sorted(dynamic.get(f.name, {}).items()):
+            cols.append(pa.field(prefix + key, _COLUMN_TYPES[t], nullable=True))
+    meta = {
+        _META_VERSION: str(SCHEMA_VERSION).encode(),
+        _META_TABLE: _TABLE_OF[cls].encode(),
+        _META_SWEEP: sweep.encode(),
+    }
+    return pa.schema(cols, metadata=meta)
+
+
+def _cell(value: Any, t: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if pa.types.is_string(t):
+        return value if isinstance(value, str) else json.dumps(value, default=str)
+    if pa.types.is_floating(t):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            return None
+        return v
+    if pa.types.is_integer(t):
+        return int(value)
+    if pa.types.is_boolean(t):
+        return bool(value)
+    return value
+
+
+def _metric_types(records: Iterable[Any], name: str) -> dict[str, str]:
+    keys: set[str] = set()
+    for r in records:
+        keys.update(getattr(r, name))
+    return {k: "float64" for k in keys}
+
+
+def records_to_table(
+    records: Iterable[Any],
+    cls: type,
+    param_types: Mapping[str, str] | None = None,
+    sweep: str = "",
+) -> pa.Table:
+    """Rows → an Arrow table with :func:`schema_for`'s schema.
+
+    Params take their types from ``param_types`` (keys absent there are inferred from values);
+    metric dicts are float64 (non-numeric values become null).
+    """
+    records = list(records)
+    dynamic: dict[str, dict[str, str]] = {}
+    for f in _dynamic_fields(cls):
+        if f.name == "params":
+            types = dict(param_types or {})
+            for r in records:
+                for k, v in r.params.items():
+                    if k not in types:
+                        types[k] = (
+                            "bool"
+                            if isinstance(v, bool)
+                            else "int64"
+                            if isinstance(v, int)
+                            else "float64"
+                            if isinstance(v, float)
+                            else "string"
+                        )
+            dynamic[f.name] = types
+        else:
+            dynamic[f.name] = _metric_types(records, f.name)
+    schema = schema_for(cls, dynamic, sweep)
+    columns: dict[str, list[Any]] = {c.name: [] for c in schema}
+    types = {c.name: c.type for c in schema}
+    for r in records:
+        for f in _fixed_fields(cls):
+            columns[f.name].append(_cell(getattr(r, f.name), types[f.name]))
+        for f in _dynamic_fields(cls):
+            prefix = f.metadata["prefix"]
+            d = getattr(r, f.name)
+            for key in dynamic[f.name]:
+                col = prefix + key
+                columns[col].append(_cell(d.get(key), types[col]))
+    return pa.table({k: pa.array(v, type=types[k]) for k, v in columns.items()}, schema=schema)
+
+
+def table_to_records(table: pa.Table, cls: type) -> list[Any]:
+    """Arrow table (as written by :func:`records_to_table`) → records."""
+    fixed = {f.name for f in _fixed_fields(cls)}
+    dyn = [(f.name, f.metadata["prefix"]) for f in _dynamic_fields(cls)]
+    out = []
+    for row in table.to_pylist():
+        kwargs: dict[str, Any] = {k: row[k] for k in fixed if k in row}
+        for name, prefix in dyn:
+            d: dict[str, Any] = {}
+            for col, v in row.items():
+                if col in fixed or v is None:
+                    continue
+                if prefix and col.startswith(prefix):
+                    d[col[len(prefix) :]] = v
+                elif not prefix and not any(p and col.startswith(p) for _, p in dyn):
+                    d[col] = v
+            kwargs[name] = d
+        out.append(cls(**kwargs))
+    return out
+
+
+def _to_parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def read_table(location: SweepLocation, name: str = TRIALS_FILE) -> pa.Table:
+    """Read one of the sweep's tables, checking its schema version.
+
+    Raises:
+        ConfigError: missing file, or a schema version this code does not read.
+    """
+    if not location.exists(name):
+        raise ConfigError(f"{location.join(name)}: not found (is {location.root} a sweep folder?)")
+    table = pq.read_table(io.BytesIO(location.read_bytes(name)))
+    meta = table.schema.metadata or {}
+    version = int(meta.get(_META_VERSION, b"0"))
+    if version != SCHEMA_VERSION:
+        raise ConfigError(
+            f"{location.join(name)}: results schema version {version}, this lesionsweep reads "
+            f"version {SCHEMA_VERSION}"
+        )
+    return table
+
+
+class ResultsStore:
+    """The sweep's two tables, kept in memory and rewritten atomically on :meth:`flush`.
+
+    Rows are keyed (trials by ``trial_id``, epochs by ``(trial_id, epoch)``), so re-reported
+    epochs after a resume replace their row instead of duplicating it.
+
+    Args:
+        location: the sweep folder.
+        sweep: sweep name (stored in the metadata).
+        param_types: parameter key → column type (:meth:`SpaceSet.column_types`).
+        min_interval_s: :meth:`flush` without ``force`` writes at most this often.
+    """
+
+    def __init__(
+        self,
+        location: SweepLocation,
+        sweep: str,
+        param_types: Mapping[str, str],
+        min_interval_s: float = 1.0,
+    ) -> None:
+        self.location = location
+        self.sweep = sweep
+        self.param_types = dict(param_types)
+        self.min_interval_s = min_interval_s
+        self.trials: dict[str, TrialRecord] = {}
+        self.epochs: dict[tuple[str, int], EpochRecord] = {}
+        self._dirty = False
+        self._last_flush = 0.0
+
+    def load(self) -> ResultsStore:
+        """Read existing tables (a resumed sweep)."""
+        if self.location.exists(TRIALS_FILE):
+            for r in table_to_records(read_table(self.location, TRIALS_FILE), TrialRecord):
+                self.trials[r.trial_id] = r
+        if self.location.exists(EPOCHS_FILE):
+            for e in table_to_records(read_table(self.location, EPOCHS_FILE), EpochRecord):
+                self.epochs[(e.trial_id, e.epoch)] = e
+        return self
+
+    def upsert_trial(self, rec: TrialRecord) -> None:
+        self.trials[rec.trial_id] = rec
+        self._dirty = True
+
+    def add_epoch(self, rec: EpochRecord) -> None:
+        self.epochs[(rec.trial_id, rec.epoch)] = rec
+        self._dirty = True
+
+    def epochs_of(self, trial_id: str) -> list[EpochRecord]:
+        return sorted(
+            (e for (t, _), e in self.epochs.items() if t == trial_id), key=lambda e: e.epoch
+        )
+
+    def trials_table(self) -> pa.Table:
+        rows = sorted(self.trials.values(), key=lambda r: r.trial_id)
+        return records_to_table(rows, TrialRecord, self.param_types, self.sweep)
+
+    def epochs_table(self) -> pa.Table:
+        rows = sorted(self.epochs.values(), key=lambda e: (e.trial_id, e.epoch))
+        return records_to_table(rows, EpochRecord, None, self.sweep)
+
+    def flush(self, force: bool = False) -> bool:
+        """Write both tables if something changed (and ``min_interval_s`` passed, unless
+        ``force``). Returns whether it wrote."""
+        now = time.monotonic()
+        if not self._dirty or (not force and now - self._last_flush < self.min_interval_s):
+            return False
+        self.location.write_bytes(EPOCHS_FILE, _to_parquet_bytes(self.epochs_table()))
+        self.location.write_bytes(TRIALS_FILE, _to_parquet_bytes(self.trials_table()))
+        self._dirty = False
+        self._last_flush = now
+        return True
+
+
+def finite_metrics(metrics: Mapping[str, Any], skip: Iterable[str] = ()) -> dict[str, float]:
+    """Numeric entries of a reported result as floats (NaN kept as NaN; others dropped)."""
+    skip = set(skip)
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if k in skip or isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)):
+            out[k] = float(v)
+        elif hasattr(v, "item"):
+            try:
+                x = v.item()
+            except (ValueError, TypeError):
+                continue
+            if isinstance(x, (int, float)) and not isinstance(x, bool):
+                out[k] = float(x)
+    return out
+
+
+def is_finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)

@@ -1,0 +1,167 @@
+"""Results tables: one record type per table, derived Arrow schema, atomic Parquet (no Ray)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from lesionsweep.errors import ConfigError
+from lesionsweep.sweep.results import (
+    EPOCHS_FILE,
+    SCHEMA_VERSION,
+    TRIALS_FILE,
+    EpochRecord,
+    ResultsStore,
+    TrialRecord,
+    read_table,
+    records_to_table,
+    schema_for,
+    table_to_records,
+)
+from lesionsweep.sweep.storage import SweepLocation
+
+PARAM_TYPES = {
+    "optim.lr": "float64",
+    "train.batch_size": "int64",
+    "method.pooling": "string",
+    "method.fc_bn": "bool",
+    "multiscale.stages": "string",
+}
+
+
+def _trial(tid: str, status: str = "completed", **kw: object) -> TrialRecord:
+    base = dict(
+        trial_id=tid,
+        status=status,
+        space="s",
+        method="cam",
+        epochs_run=2,
+        best_epoch=1,
+        objective=0.7,
+        params={
+            "optim.lr": 1e-3,
+            "train.batch_size": 8,
+            "method.pooling": "gap",
+            "method.fc_bn": True,
+        },
+        final={"val/auroc_macro": 0.7, "val/loss": 0.5},
+        best={"val/auroc_macro": 0.75, "val/loss": 0.6},
+    )
+    base.update(kw)
+    return TrialRecord(**base)  # type: ignore[arg-type]
+
+
+def test_schema_is_derived_from_the_record_type() -> None:
+    schema = schema_for(TrialRecord, {"params": PARAM_TYPES, "final": {"val/a": "float64"}})
+    fixed = [
+        f.name for f in dataclasses.fields(TrialRecord) if f.name not in ("params", "final", "best")
+    ]
+    assert schema.names[: len(fixed)] == fixed
+    assert schema.field("trial_id").type == pa.string() and not schema.field("trial_id").nullable
+    assert schema.field("best_epoch").type == pa.int64() and schema.field("best_epoch").nullable
+    assert schema.field("updated_at").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("param.optim.lr").type == pa.float64()
+    assert schema.field("param.train.batch_size").type == pa.int64()
+    assert schema.field("param.method.fc_bn").type == pa.bool_()
+    assert schema.field("final.val/a").type == pa.float64()
+    assert schema.metadata[b"lesionsweep.schema_version"] == str(SCHEMA_VERSION).encode()
+    assert schema.metadata[b"lesionsweep.table"] == b"trials"
+    e = schema_for(EpochRecord, {"metrics": {"val/a": "float64"}})
+    assert e.names == ["trial_id", "space", "method", "epoch", "elapsed_s", "reported_at", "val/a"]
+
+
+def test_round_trip_and_typed_params() -> None:
+    recs = [
+        _trial("a"),
+        _trial(
+            "b",
+            status="failed",
+            error="TrainingError: non-finite loss",
+            best_epoch=None,
+            params={"optim.lr": 2e-3, "multiscale.stages": [2, 3]},
+            final={},
+            best={},
+        ),
+    ]
+    t = records_to_table(recs, TrialRecord, PARAM_TYPES, "sw")
+    rows = t.to_pylist()
+    assert rows[0]["param.train.batch_size"] == 8 and rows[1]["param.train.batch_size"] is None
+    assert rows[1]["param.multiscale.stages"] == "[2, 3]"  # non-scalar values as JSON strings
+    assert rows[1]["final.val/auroc_macro"] is None and rows[1]["error"].startswith("TrainingError")
+    back = table_to_records(t, TrialRecord)
+    assert back[0].params == recs[0].params and back[0].final == recs[0].final
+    assert back[1].best_epoch is None and back[1].status == "failed"
+    with pytest.raises(ValueError, match="status"):
+        _trial("c", status="weird")
+
+
+def test_store_upserts_without_duplicates_and_reads_back(tmp_path: Path) -> None:
+    loc = SweepLocation(str(tmp_path / "sw"))
+    store = ResultsStore(loc, "sw", PARAM_TYPES, min_interval_s=0.0)
+    store.upsert_trial(_trial("a", status="running", epochs_run=1))
+    for ep in (1, 2, 2):  # epoch 2 re-reported after a resume
+        store.add_epoch(
+            EpochRecord("a", "s", "cam", ep, elapsed_s=ep, metrics={"val/auroc_macro": ep / 10})
+        )
+    store.upsert_trial(_trial("a"))
+    assert store.flush(force=True)
+    assert not store.flush(force=True)  # nothing changed
+    assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == [EPOCHS_FILE, TRIALS_FILE]
+    again = ResultsStore(loc, "sw", PARAM_TYPES).load()
+    assert list(again.trials) == ["a"] and again.trials["a"].status == "completed"
+    assert [e.epoch for e in again.epochs_of("a")] == [1, 2]
+    # readable without help
+    df = pd.read_parquet(tmp_path / "sw" / TRIALS_FILE)
+    assert df.loc[0, "param.optim.lr"] == 1e-3 and df["param.train.batch_size"].dtype.kind == "i"
+    n = duckdb.sql(f"SELECT count(*) FROM '{tmp_path / 'sw' / EPOCHS_FILE}' WHERE epoch = 2")
+    assert n.fetchall() == [(1,)]
+    best = duckdb.sql(
+        f"SELECT trial_id, \"final.val/auroc_macro\" FROM '{tmp_path / 'sw' / TRIALS_FILE}'"
+    ).fetchall()
+    assert best == [("a", 0.7)]
+    assert pq.read_schema(tmp_path / "sw" / TRIALS_FILE).metadata[b"lesionsweep.table"] == b"trials"
+
+
+def test_flush_is_throttled_unless_forced(tmp_path: Path) -> None:
+    store = ResultsStore(SweepLocation(str(tmp_path)), "sw", {}, min_interval_s=3600)
+    store.upsert_trial(_trial("a"))
+    assert store.flush(force=True)
+    store.upsert_trial(_trial("b"))
+    assert not store.flush()  # within the interval
+    assert store.flush(force=True)
+    assert len(read_table(SweepLocation(str(tmp_path)))) == 2
+
+
+def test_failed_write_leaves_the_old_file_intact(tmp_path: Path) -> None:
+    loc = SweepLocation(str(tmp_path))
+    store = ResultsStore(loc, "sw", PARAM_TYPES, min_interval_s=0)
+    store.upsert_trial(_trial("a"))
+    store.flush(force=True)
+    before = (tmp_path / TRIALS_FILE).read_bytes()
+    store.upsert_trial(_trial("b", params={"train.batch_size": "not an int"}))
+    with pytest.raises(ValueError):
+        store.flush(force=True)
+    assert (tmp_path / TRIALS_FILE).read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_schema_version_is_checked(tmp_path: Path) -> None:
+    t = pa.table({"trial_id": ["a"]}).replace_schema_metadata(
+        {b"lesionsweep.schema_version": b"99"}
+    )
+    pq.write_table(t, tmp_path / TRIALS_FILE)
+    with pytest.raises(ConfigError, match="schema version 99"):
+        read_table(SweepLocation(str(tmp_path)))
+    with pytest.raises(ConfigError, match="not found"):
+        read_table(SweepLocation(str(tmp_path / "none")))
+
+
+def test_nan_metrics_stay_nan() -> None:
+    t = records_to_table([_trial("a", final={"val/loss": float("nan")})], TrialRecord, {}, "sw")
+    assert math.isnan(t.column("final.val/loss")[0].as_py())
