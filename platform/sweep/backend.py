@@ -519,12 +519,15 @@ def _trainer_metrics(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _headline(metrics: Mapping[str, float], keep: Sequence[str]) -> dict[str, float]:
-    """Metrics for the trials table: ``val/<name>`` (no per-class breakdown), ``train/loss``
-    and the objective metrics."""
+    """Metrics for the trials table: every ``<split or stage>/<name>`` metric without a
+    per-class breakdown (``val/``, ``val-loc/``, a pipeline's ``stage2/``...), ``train/loss``
+    and the objective metrics; not timings or other ``train/`` figures."""
     return {
         k: v
         for k, v in metrics.items()
-        if (k.startswith("val/") and k.count("/") == 1) or k == "train/loss" or k in keep
+        if k in keep
+        or k == "train/loss"
+        or (k.count("/") == 1 and not k.startswith(("train/", "time/")))
     }
 
 
