@@ -280,6 +280,10 @@ class RecordDataset(Dataset[Sample]):
     splits: tuple[str, ...] = SPLITS
     option_spec: Mapping[str, Option] = {}
     native_size = 1024.0  # side of the square grid annotations are given in
+    title = "base"  # display name in messages ("NIH")
+    loc_has_boxes = True  # ``*-loc`` splits deliver boxes
+    loc_has_masks = False  # ``*-loc`` splits deliver masks
+    default_classes: tuple[str, ...] | None = None  # selected when classes=None (None: all)
 
     def __init__(
         self,
@@ -331,6 +335,56 @@ class RecordDataset(Dataset[Sample]):
         return opts
 
     # -- construction helpers
+    def _setup(
+        self,
+        root: str | Path,
+        split: str,
+        image_size: int,
+        classes: Sequence[str] | None,
+        skip_bad_images: bool,
+        options: Mapping[str, Any] | None,
+    ) -> tuple[Path, dict[str, Any]]:
+        """Shared constructor prologue of the file-backed datasets.
+
+        Checks ``split`` against :attr:`splits`, resolves ``options``, selects ``classes`` (or
+        :attr:`default_classes`, or all of :attr:`all_classes`, when ``None``), runs
+        :meth:`RecordDataset.__init__` (boxes / masks only in :data:`LOC_SPLITS`, as
+        :attr:`loc_has_boxes` / :attr:`loc_has_masks` allow) and checks that ``root`` is a
+        folder, storing it as ``self.root``.
+
+        Args:
+            root, split, image_size, classes, skip_bad_images, options: the subclass's
+                constructor arguments.
+
+        Returns:
+            ``(root, options)``: the root as a :class:`~pathlib.Path` and the resolved options.
+
+        Raises:
+            DataError: unknown split, bad option / class / image size, or missing root folder.
+        """
+        check_split(self.name, split, self.splits)
+        opts = self.resolve_options(options)
+        if classes is None:
+            classes = self.default_classes
+        names, index = select_classes(self.name, self.all_classes, classes)
+        loc = split in LOC_SPLITS
+        RecordDataset.__init__(
+            self,
+            split=split,
+            image_size=image_size,
+            classes=names,
+            class_index=index,
+            options=opts,
+            skip_bad_images=skip_bad_images,
+            has_boxes=loc and self.loc_has_boxes,
+            has_masks=loc and self.loc_has_masks,
+        )
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{self.title} root folder not found: {root}")
+        self.root = root
+        return root, opts
+
     def _finish(
         self,
         ids: Sequence[str],

@@ -38,13 +38,11 @@ from .base import (
     Option,
     RecordDataset,
     boolean,
-    check_split,
     find_file,
     fraction,
     hash_unit,
     int_at_least,
     read_csv,
-    select_classes,
 )
 
 CHEXPERT_CLASSES = (
@@ -219,6 +217,8 @@ class CheXpertDataset(RecordDataset):
     """
 
     name = "chexpert"
+    title = "CheXpert"
+    default_classes = PCAM_CLASSES
     all_classes = CHEXPERT_CLASSES
     splits = CHEXPERT_SPLITS
     option_spec = CHEXPERT_OPTIONS
@@ -232,25 +232,8 @@ class CheXpertDataset(RecordDataset):
         skip_bad_images: bool = False,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        check_split(self.name, split, self.splits)
-        opts = self.resolve_options(options)
-        names, index = select_classes(
-            self.name, CHEXPERT_CLASSES, PCAM_CLASSES if classes is None else classes
-        )
-        super().__init__(
-            split=split,
-            image_size=image_size,
-            classes=names,
-            class_index=index,
-            options=opts,
-            skip_bad_images=skip_bad_images,
-            has_boxes=False,
-            has_masks=False,
-        )
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"CheXpert root folder not found: {root}")
-        self.root = root
+        root, opts = self._setup(root, split, image_size, classes, skip_bad_images, options)
+        names, index = self.info.classes, self.class_index
         self.policies = class_policies(names, opts["uncertainty"])
         subdirs = ["", *sorted(d.name for d in root.glob("CheXpert-v1.0*") if d.is_dir())]
         csv_name = "valid.csv" if split == "test" else "train.csv"

@@ -42,18 +42,15 @@ import numpy as np
 
 from ..errors import DataError
 from .base import (
-    LOC_SPLITS,
     SPLITS,
     Option,
     RecordDataset,
-    check_split,
     find_file,
     fraction,
     hash_unit,
     int_at_least,
     read_csv,
     read_id_list,
-    select_classes,
 )
 from .images import index_images
 
@@ -326,6 +323,7 @@ class NIHDataset(RecordDataset):
     """
 
     name = "nih"
+    title = "NIH"
     all_classes = NIH_CLASSES
     splits = SPLITS
     option_spec = NIH_OPTIONS
@@ -339,24 +337,8 @@ class NIHDataset(RecordDataset):
         skip_bad_images: bool = False,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        check_split(self.name, split, self.splits)
-        opts = self.resolve_options(options)
-        names, index = select_classes(self.name, NIH_CLASSES, classes)
-        loc = split in LOC_SPLITS
-        super().__init__(
-            split=split,
-            image_size=image_size,
-            classes=names,
-            class_index=index,
-            options=opts,
-            skip_bad_images=skip_bad_images,
-            has_boxes=loc,
-            has_masks=False,
-        )
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"NIH root folder not found: {root}")
-        self.root = root
+        root, opts = self._setup(root, split, image_size, classes, skip_bad_images, options)
+        loc = self.info.has_boxes
         entries = read_nih_entries(find_file(root, ENTRY_FILES, "NIH label file"))
         train_val = test = None
         tv_path = te_path = None

@@ -24,18 +24,15 @@ import numpy as np
 
 from ..errors import DataError
 from .base import (
-    LOC_SPLITS,
     SPLITS,
     Option,
     RecordDataset,
-    check_split,
     find_file,
     fraction,
     hash_split_rows,
     int_at_least,
     read_csv,
     require_pydicom,
-    select_classes,
 )
 from .images import DICOM_EXTENSIONS, index_images
 
@@ -148,6 +145,7 @@ class RSNADataset(RecordDataset):
     """
 
     name = "rsna"
+    title = "RSNA"
     all_classes = RSNA_CLASSES
     splits = SPLITS
     option_spec = RSNA_OPTIONS
@@ -161,23 +159,7 @@ class RSNADataset(RecordDataset):
         skip_bad_images: bool = False,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        check_split(self.name, split, self.splits)
-        opts = self.resolve_options(options)
-        names, index = select_classes(self.name, RSNA_CLASSES, classes)
-        super().__init__(
-            split=split,
-            image_size=image_size,
-            classes=names,
-            class_index=index,
-            options=opts,
-            skip_bad_images=skip_bad_images,
-            has_boxes=split in LOC_SPLITS,
-            has_masks=False,
-        )
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"RSNA root folder not found: {root}")
-        self.root = root
+        root, opts = self._setup(root, split, image_size, classes, skip_bad_images, options)
         labels = read_rsna_labels(find_file(root, LABEL_FILES, "RSNA label file"))
         sel = hash_split_rows(
             labels.ids,

@@ -28,20 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
 from .base import (
-    LOC_SPLITS,
     SPLITS,
     Option,
     RecordDataset,
-    check_split,
     find_file,
     fraction,
     hash_split_rows,
     int_at_least,
     read_csv,
     require_pydicom,
-    select_classes,
 )
 from .images import DICOM_EXTENSIONS, index_images, mask_component_boxes
 from .rle import RLE_MODES, RleTable, parse_rle_column, runs_to_mask
@@ -117,6 +113,8 @@ class SIIMDataset(RecordDataset):
     """
 
     name = "siim"
+    title = "SIIM"
+    loc_has_masks = True
     all_classes = SIIM_CLASSES
     splits = SPLITS
     option_spec = SIIM_OPTIONS
@@ -130,24 +128,7 @@ class SIIMDataset(RecordDataset):
         skip_bad_images: bool = False,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        check_split(self.name, split, self.splits)
-        opts = self.resolve_options(options)
-        names, index = select_classes(self.name, SIIM_CLASSES, classes)
-        loc = split in LOC_SPLITS
-        super().__init__(
-            split=split,
-            image_size=image_size,
-            classes=names,
-            class_index=index,
-            options=opts,
-            skip_bad_images=skip_bad_images,
-            has_boxes=loc,
-            has_masks=loc,
-        )
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"SIIM root folder not found: {root}")
-        self.root = root
+        root, opts = self._setup(root, split, image_size, classes, skip_bad_images, options)
         rle_path = find_file(root, (RLE_FILE,), "SIIM run-length file")
         image_ids, runs, first_line = read_siim_rle(rle_path, opts["rle"])
         sel = hash_split_rows(
