@@ -925,6 +925,11 @@ def init_ray(
     return True
 
 
+def shutdown_ray() -> None:
+    """Shut down the Ray session :func:`init_ray` started."""
+    ray.shutdown()
+
+
 def _trainable(spec: SweepSpec, root: str) -> Any:
     res = spec.resources
     if res.workers == 1:

@@ -79,9 +79,7 @@ def _run(
         )
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+            backend.shutdown_ray()
     if abort:
         raise ConfigError(f"sweep {spec.name!r} stopped: {abort}")
     exported = _auto_export(spec, root)

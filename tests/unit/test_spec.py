@@ -190,3 +190,17 @@ def test_only_the_backend_imports_ray_tune_train_and_optuna() -> None:
                 offenders.append(str(f.relative_to(ROOT)))
     assert offenders == []
     assert pattern.search((ROOT / "platform" / "sweep" / "backend.py").read_text())
+
+
+def test_ray_stays_out_of_methods_data_metrics_training() -> None:
+    """Methods, data, metrics and the training loop run on a bare GPU box: no Ray at all; the
+    rest of the platform reaches Ray only through the backend."""
+    any_ray = re.compile(r"^\s*(import\s+ray\b|from\s+ray\b)", re.M)
+    offenders = []
+    for folder in ("methods", "platform"):
+        for f in (ROOT / folder).rglob("*.py"):
+            if f == ROOT / "platform" / "sweep" / "backend.py":
+                continue
+            if any_ray.search(f.read_text()):
+                offenders.append(str(f.relative_to(ROOT)))
+    assert offenders == []
