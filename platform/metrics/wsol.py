@@ -58,7 +58,8 @@ __all__ = [
     "PxAPEvaluator",
 ]
 
-_CV2_MAX_CHANNELS = 128  # cv2.resize takes at most 128 channels per call in OpenCV 5 (CV_CN_MAX 512 in 4.x)
+# cv2.resize takes at most 128 channels per call in OpenCV 5 (CV_CN_MAX was 512 in 4.x)
+_CV2_MAX_CHANNELS = 128
 
 
 def cam_thresholds(cam_curve_interval: float) -> np.ndarray:
