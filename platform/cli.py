@@ -14,30 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, LesionSweepError
-
-
-def _parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
-    """``--set section.key=value`` pairs; values are parsed as YAML scalars."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items or ():
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from None
-    return out
+from .config import parse_overrides
+from .errors import LesionSweepError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training import run_training
 
-    cfg = load_config(args.config, overrides=_parse_overrides(args.set))
+    cfg = load_config(args.config, overrides=parse_overrides(args.set))
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     res = run_training(cfg, out, resume=not args.no_resume, progress=True)
     print(
@@ -61,7 +46,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     source: Any = args.source
     if Path(source).suffix in (".yaml", ".yml"):
-        source = load_config(source, overrides=_parse_overrides(args.set))
+        source = load_config(source, overrides=parse_overrides(args.set))
     metrics = evaluate(
         source,
         args.split,
@@ -79,7 +64,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     from .data import build_cache
 
     if args.config:
-        data_cfg = load_config(args.config, overrides=_parse_overrides(args.set)).data
+        data_cfg = load_config(args.config, overrides=parse_overrides(args.set)).data
     else:
         raw = {
             "data": {
@@ -89,7 +74,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
                 "skip_bad_images": args.skip_bad_images,
             }
         }
-        raw = merge_flat(raw, _parse_overrides(args.set), "command line")
+        raw = merge_flat(raw, parse_overrides(args.set), "command line")
         data_cfg = config_from_dict(raw, source="command line").data
     assert isinstance(data_cfg, DataConfig)
     splits = tuple(args.splits.split(",")) if args.splits else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -377,6 +377,20 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     if overrides:
         raw = merge_flat(raw, overrides, str(p))
     return config_from_dict(raw, source=str(p))
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """``dotted.key=value`` strings (``--set``) to a dict; values parse as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
+    return out
 
 
 def merge_flat(raw: Mapping[str, Any], flat: Mapping[str, Any], source: str) -> dict[str, Any]:

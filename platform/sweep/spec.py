@@ -51,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from ..config import RunConfig, TrainConfig, config_from_flat
+from ..config import RunConfig, TrainConfig, config_from_flat, parse_overrides
 from ..errors import ConfigError
 from .spaces import (
     Const,
@@ -306,20 +306,6 @@ def _space_to_dict(s: SearchSpace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Overrides
 # ---------------------------------------------------------------------------------------------
-
-
-def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
-    """``key=value`` strings → dict (values parsed as YAML scalars/lists)."""
-    out: dict[str, Any] = {}
-    for item in items or ():
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected dotted.key=value")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
-    return out
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any], source: str) -> dict:
