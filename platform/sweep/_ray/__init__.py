@@ -1,0 +1,1 @@
+"""Everything that imports Ray (``ray``, ``ray.tune``, ``ray.train``) and Optuna lives here."""
