@@ -54,11 +54,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ..config import config_from_dict
 from ..errors import ConfigError, TrainingError
+from ._ray.session import init_ray
 from .hparams import write_session_end, write_session_start
 from .results import EpochRecord, ResultsStore, TrialRecord, finite_metrics
 from .spaces import SpaceSet
 from .spec import SweepSpec, build_trial_config
-from ._ray.session import init_ray, shutdown_ray
 from .storage import SweepLocation
 from .summary import ProgressPrinter
 
