@@ -67,6 +67,7 @@ from .checkpoint import (
 )
 from .evaluate import evaluate_model, json_safe
 from .optim import LRSchedule, build_optimizer
+from .runners import runner_for
 from .runtime import (
     autocast_dtype,
     build_method,
@@ -152,8 +153,9 @@ def run_training(
 ) -> TrainResult:
     """Train one config and evaluate it on its validation split after every epoch.
 
-    If the method class has a callable ``run_pipeline`` (a multi-stage pipeline), the call is
-    delegated to ``cls.run_pipeline(cfg, out_dir, reporter, resume, progress=progress)``.
+    A method whose class declares a staged runner (``runner = "<name>"`` in the method
+    contract, e.g. the WSMIS pipeline) is run by that runner
+    (:mod:`lesionsweep.training.runners`) with the same arguments.
 
     Args:
         cfg: the run config (``eval.split`` must not be a test split).
@@ -173,9 +175,9 @@ def run_training(
         cls = method_class(cfg.method.name)
     except KeyError as e:
         raise ConfigError(f"method.name = {cfg.method.name!r}: {e.args[0]}") from None
-    pipeline = getattr(cls, "run_pipeline", None)
-    if callable(pipeline):
-        return pipeline(cfg, Path(out_dir), reporter, resume, progress=progress)
+    staged = runner_for(cls)
+    if staged is not None:
+        return staged.run_pipeline(cfg, Path(out_dir), reporter, resume, progress=progress)
     return Trainer(cfg, out_dir, progress=progress).fit(reporter=reporter, resume=resume)
 
 
