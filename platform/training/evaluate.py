@@ -18,12 +18,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import RunConfig, config_from_dict, load_config, merge_flat
+from ..data import build_dataset
 from ..errors import ConfigError, TrainingError
 from ..io import atomic_write_text
+from ..methods import method_class
+from ..metrics import LocalizationSuite
 from .checkpoint import load_checkpoint, unwrap_model
 from .runners import runner_for
 from .runtime import (
@@ -186,9 +190,6 @@ def evaluate(
         batch_size=, device=, which=)`` instead, ``cfg`` being its ``config.yaml`` with
         ``overrides``; that hook defines its keys (``<split>/...`` and ``epoch``).
     """
-    from lesionsweep.data import build_dataset
-    from lesionsweep.metrics import LocalizationSuite
-
     hook = None if isinstance(source, RunConfig) else _run_evaluator(Path(source), overrides)
     if hook is not None:
         run_eval, run_cfg = hook
@@ -262,9 +263,6 @@ def _run_evaluator(
 ) -> tuple[Any, RunConfig] | None:
     """``(runner.evaluate_run, config)`` when ``source`` is a run folder whose ``config.yaml``
     names a method with a staged runner; else None (the checkpoint path)."""
-    import yaml
-    from lesionsweep.methods import method_class
-
     cfg_file = source / "config.yaml"
     if not (source.is_dir() and cfg_file.is_file()):
         return None

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from ..config import RunConfig
+from ..data.types import SplitDataset
 from ..errors import ConfigError
-
-if TYPE_CHECKING:
-    from ..config import RunConfig
-    from ..data.types import SplitDataset
-    from .trainer import EpochReport, TrainResult
+from .reports import EpochReport, TrainResult
 
 __all__ = ["StagedRunner", "register_runner", "runner_for"]
 
