@@ -75,6 +75,7 @@ class WSMIS(Method):
 
     map_kind = "logits"
     input_multiple = 32
+    dropblock_step: torch.Tensor
     #: the training layer's staged runner (CAM -> IRNet -> U-Net) trains this method
     runner = "wsmis"
 
@@ -111,8 +112,8 @@ class WSMIS(Method):
             ir_labels in IR_LABEL_MODES,
             f"ir_labels={ir_labels!r}; allowed: {', '.join(IR_LABEL_MODES)}",
         )
-        for key, val in (("ir_backbone", ir_backbone), ("seg_encoder_init", seg_encoder_init)):
-            _check(val in INIT_CHOICES, f"{key}={val!r}; allowed: {', '.join(INIT_CHOICES)}")
+        for key, choice in (("ir_backbone", ir_backbone), ("seg_encoder_init", seg_encoder_init)):
+            _check(choice in INIT_CHOICES, f"{key}={choice!r}; allowed: {', '.join(INIT_CHOICES)}")
         for key, val in (
             ("cam_threshold", cam_threshold), ("conf_fg", conf_fg), ("conf_bg", conf_bg),
             ("bg_threshold", bg_threshold),
@@ -124,10 +125,10 @@ class WSMIS(Method):
         _check(0 <= int(exp_times) <= 12, f"exp_times={exp_times!r} must be in 0..12")
         _check(float(beta) > 0, f"beta={beta!r} must be > 0")
         _check(int(dropblock_warmup_steps) >= 0, "dropblock_warmup_steps must be >= 0")
-        for key, val in (("stage2_epochs", stage2_epochs), ("stage3_epochs", stage3_epochs)):
-            _check(int(val) >= 1, f"{key}={val!r} must be >= 1")
-        for key, val in (("stage2_lr", stage2_lr), ("stage3_lr", stage3_lr)):
-            _check(float(val) > 0, f"{key}={val!r} must be > 0")
+        for key, epochs in (("stage2_epochs", stage2_epochs), ("stage3_epochs", stage3_epochs)):
+            _check(int(epochs) >= 1, f"{key}={epochs!r} must be >= 1")
+        for key, lr in (("stage2_lr", stage2_lr), ("stage3_lr", stage3_lr)):
+            _check(float(lr) > 0, f"{key}={lr!r} must be > 0")
 
         self.in_chans = int(in_chans)
         self.backbone_name = backbone
