@@ -137,6 +137,34 @@ def coco_rle_counts(counts: Any, where: str) -> np.ndarray:
     return out
 
 
+def mask_to_runs(mask: np.ndarray) -> np.ndarray:
+    """Alternating 0/1 run lengths (starting with 0s) of a ``[h, w]`` mask, column-major."""
+    flat = np.asarray(mask, dtype=bool).T.ravel()
+    if flat.size == 0:
+        return np.zeros(1, dtype=np.int64)
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], change, [flat.size]])).astype(np.int64)
+    return np.concatenate([[0], runs]) if flat[0] else runs
+
+
+def encode_coco_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO compressed RLE ``{"size": [h, w], "counts": str}`` of a ``bool`` ``[h, w]`` mask
+    (what pycocotools' ``mask.encode`` gives, counts decoded to ``str``, as CheXlocalize stores
+    it)."""
+    runs = [int(x) for x in mask_to_runs(mask)]
+    chars: list[str] = []
+    for i, run in enumerate(runs):
+        x = run - runs[i - 2] if i > 2 else run
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            chars.append(chr((c | 0x20 if more else c) + 48))
+    h, w = np.shape(mask)
+    return {"size": [int(h), int(w)], "counts": "".join(chars)}
+
+
 def _size(v: Any, where: str, key: str) -> tuple[int, int]:
     ok = isinstance(v, (list, tuple)) and len(v) == 2
     ok = ok and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
