@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from lesionsweep.config import DataConfig
+from lesionsweep.data.cache import CachedDataset, build_cache
 from lesionsweep.data.chexlocalize import (
     CHEXLOCALIZE_CLASSES,
     coco_rle_counts,
@@ -190,3 +193,20 @@ def test_bad_inputs_name_file_and_key(chexlocalize_root: tuple[Path, dict]) -> N
         DataError, match=r"loc_source='pixels'.*allowed: segmentations, annotations"
     ):
         CheXpertDataset(root, "test-loc", 16, options={"loc_source": "pixels"})
+
+
+def test_cache_keeps_masks_and_localized_classes(
+    chexlocalize_root: tuple[Path, dict], tmp_path: Path
+) -> None:
+    root, _ = chexlocalize_root
+    classes = ("Cardiomegaly", "Pneumonia", "Pleural Effusion")
+    cfg = DataConfig(dataset="chexpert", root=str(root), image_size=16, classes=classes)
+    out = build_cache(cfg, tmp_path / "cache", splits=("val-loc", "test-loc"), num_workers=0)
+    src = CheXpertDataset(root, "val-loc", 16, classes=list(classes))
+    cached = CachedDataset(out, "val-loc")
+    assert cached.info.loc_classes == ("Cardiomegaly", "Pleural Effusion") == src.info.loc_classes
+    for i in range(len(src)):
+        assert cached[i].id == src[i].id
+        assert torch.equal(cached[i].masks, src[i].masks)
+    sub = CachedDataset(out, "val-loc", classes=["Pleural Effusion", "Pneumonia"])
+    assert sub.info.loc_classes == ("Pleural Effusion",)
