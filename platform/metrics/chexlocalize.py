@@ -172,7 +172,7 @@ class ChexlocalizeEvaluator:
             )
         if not np.isfinite(m).all():
             raise MetricInputError("CheXlocalize: maps contain NaN or inf")
-        grid = np.asarray(TUNE_GRID)[:, None, None]
+        grid = np.asarray(TUNE_GRID)
         for j in range(m.shape[0]):
             c = int(cls[j])
             if not (0 <= c < len(self.names)) or not self.localized[c]:
@@ -198,12 +198,15 @@ class ChexlocalizeEvaluator:
                 self.n_tp[c] += 1
             norm = normalize_map(mj)
             if positive and norm is not None:
-                segs = norm[None] > grid  # [G, H, W]
-                n_on = segs.sum(axis=(1, 2))
-                gi = (segs & gj).sum(axis=(1, 2))
-                gu = (segs | gj).sum(axis=(1, 2))
-                ok = n_on > 0
-                self.grid_sum[c, ok] += gi[ok] / gu[ok]
+                # pixels above each grid threshold, over the map and over the GT
+                above = (norm[None] > grid[:, None, None]).sum(axis=(1, 2))
+                in_gt = norm[gj]
+                above_gt = (in_gt[None] > grid[:, None]).sum(axis=1)
+                n_gt = in_gt.size
+                ok = above > 0
+                # |seg & gt| = above_gt; |seg | gt| = |gt| + (above - above_gt)
+                iou_k = above_gt / (n_gt + above - above_gt)
+                self.grid_sum[c, ok] += iou_k[ok]
                 self.grid_n[c, ok] += 1
 
     @staticmethod
