@@ -80,7 +80,10 @@ class ShortcutEvaluator:
             area = float(region.mean())
             norm = normalize_map(m[j])
             total = 0.0 if norm is None else float(norm.sum())
-            self.energy += area if total <= 0 else float(norm[region].sum()) / total
+            if norm is None or total <= 0:  # constant map: uniform mass
+                self.energy += area
+            else:
+                self.energy += float(norm[region].sum()) / total
             self.area += area
             self.n += 1
 
