@@ -228,8 +228,9 @@ class LocalizationSuite:
         boxes: ``point_acc_*``, ``point_acc/<class>``, ``iobb@T``, ``iobb@T/<class>``, ``iou@T``,
         ``iou@T/<class>``, ``afp`` (+ per-threshold and per-level variants, see
         :class:`~lesionsweep.metrics.nih.NihBoxEvaluator`), ``maxboxacc_v2``,
-        ``maxboxacc@30/50/70`` (percent). With masks: ``pxap`` (percent), ``dice_pooled``,
-        ``dice_per_image``. Values are NaN where nothing could be scored.
+        ``maxboxacc@30/50/70``. With masks: ``pxap``, ``dice_pooled``, ``dice_per_image``.
+        Every value is a fraction in [0, 1] (``afp`` and ``*_num_*`` are counts); NaN where
+        nothing could be scored.
         """
         out = self.auroc.compute()
         for ev in (self.point, self.nih, self.maxbox, self.pxap, self.dice):

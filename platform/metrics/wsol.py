@@ -24,13 +24,17 @@ Score-map pipeline (per GT-known map):
    (``RETR_TREE``, ``CHAIN_APPROX_SIMPLE``, holes included) gives its ``boundingRect`` as
    ``(x, y, x + w, y + h)`` clipped to ``(W-1, H-1)``; no contour gives ``[0, 0, 0, 0]``. An image
    is correct at ``(tau, delta)`` if the best IoU over (predicted x GT) boxes is ``>= delta/100``.
-   ``maxboxacc@delta = max_tau`` accuracy (percent) and ``maxboxacc_v2`` is the mean over
+   ``maxboxacc@delta = max_tau`` accuracy (a fraction in [0, 1]; wsolevaluation prints percent)
+   and ``maxboxacc_v2`` is the mean over
    ``delta in {30, 50, 70}``. The optimal ``tau`` is chosen on the evaluated split (an oracle
    threshold, by design of the metric).
 3. PxAP (:class:`PxAPEvaluator`): histograms of the normalised scores at GT-positive and
    GT-negative pixels (ignored pixels dropped) over the bins ``[0, b), [b, 2b), ..., [1-b, 1),
    [1, 2), [2, 3]``; precision/recall at each bin edge, ``AP = sum precision[i] * (recall[i] -
-   recall[i-1])`` over edges with at least one predicted positive, times 100.
+   recall[i-1])`` over edges with at least one predicted positive, a fraction in [0, 1]
+   (wsolevaluation multiplies by 100).
+
+Every metric of lesionsweep is a fraction in [0, 1] (or a count); none is in percent.
 """
 
 from __future__ import annotations
@@ -165,45 +169,84 @@ def resize_bbox(
     return int(x0 * nw / w), int(y0 * nh / h), int(x1 * nw / w), int(y1 * nh / h)
 
 
-def _boxes_from_binary(binary: np.ndarray, multi_contour_eval: bool) -> np.ndarray:
-    """Boxes of the contours of a uint8 binary image, as wsolevaluation mines them."""
-    height, width = binary.shape[:2]
-    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-    if len(contours) == 0:
-        return np.zeros((1, 4), dtype=np.int64)
-    if not multi_contour_eval:
-        contours = [max(contours, key=cv2.contourArea)]
-    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
-    rects[:, 2] = np.minimum(rects[:, 0] + rects[:, 2], width - 1)
-    rects[:, 3] = np.minimum(rects[:, 1] + rects[:, 3], height - 1)
-    return rects
+def _int_thresholds(scoremap_image: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """``int(tau * max)`` per tau (wsolevaluation's ``cv2.threshold`` argument), int64."""
+    mx = int(scoremap_image.max()) if scoremap_image.size else 0
+    return np.array([int(t * mx) for t in np.asarray(thresholds, dtype=np.float64)], np.int64)
 
 
-def _int_thresholds(scoremap_image: np.ndarray, thresholds: np.ndarray) -> list[int]:
-    mx = scoremap_image.max() if scoremap_image.size else np.uint8(0)
-    return [int(t * mx) for t in np.asarray(thresholds, dtype=np.float64)]
+class _Levels:
+    """The distinct binary images of a uint8 map over the thresholds, and where their pixels lie.
+
+    ``image > thr`` is the same binary image for every ``thr`` between two pixel values present in
+    the map, so the thresholds collapse to ``K`` distinct levels (``levels[inverse]`` gives one
+    threshold per tau that yields the same binary image). For each level the foreground's bounding
+    rows ``r0..r1`` and columns ``c0..c1`` (inclusive) come from the row/column maxima at once;
+    ``has[k]`` is False where nothing exceeds the level.
+    """
+
+    def __init__(self, image: np.ndarray, thresholds: np.ndarray) -> None:
+        thr = _int_thresholds(image, thresholds)
+        present = np.bincount(image.ravel(), minlength=256) > 0
+        key = np.cumsum(present)[np.minimum(thr, 255)]
+        _, first, self.inverse = np.unique(key, return_index=True, return_inverse=True)
+        self.levels = thr[first]
+        if image.size == 0:
+            self.has = np.zeros(len(self.levels), bool)
+            return
+        rows = image.max(axis=1)[None, :] > self.levels[:, None]  # [K, H]
+        cols = image.max(axis=0)[None, :] > self.levels[:, None]  # [K, W]
+        self.has = rows.any(axis=1)
+        self.r0 = rows.argmax(axis=1)
+        self.r1 = rows.shape[1] - 1 - rows[:, ::-1].argmax(axis=1)
+        self.c0 = cols.argmax(axis=1)
+        self.c1 = cols.shape[1] - 1 - cols[:, ::-1].argmax(axis=1)
+
+    def hull_boxes(self, width: int, height: int) -> np.ndarray:
+        """int64 ``[K, 4]``: the box every mined box of a level lies in (wsolevaluation form)."""
+        x1 = np.minimum(self.c1 + 1, width - 1)
+        y1 = np.minimum(self.r1 + 1, height - 1)
+        return np.stack([self.c0, self.r0, x1, y1], axis=1).astype(np.int64)
+
+    def boxes(self, image: np.ndarray, k: int, multi_contour_eval: bool) -> np.ndarray:
+        """Boxes of level ``k`` (it must have foreground), mined on the foreground's crop.
+
+        Everything outside the crop is background connected to the image border, so the crop has
+        the same components and holes; ``findContours`` pads it with background as it pads the
+        image. All contours come in any order (``RETR_LIST``); the largest-contour rule (V1) keeps
+        ``RETR_TREE``'s order, which decides ties.
+        """
+        r0, r1, c0, c1 = int(self.r0[k]), int(self.r1[k]), int(self.c0[k]), int(self.c1[k])
+        level = int(self.levels[k])  # a Python int keeps the comparison in uint8
+        binary = np.greater(image[r0 : r1 + 1, c0 : c1 + 1], level).view(np.uint8)
+        mode = cv2.RETR_LIST if multi_contour_eval else cv2.RETR_TREE
+        contours = cv2.findContours(binary, mode, cv2.CHAIN_APPROX_SIMPLE)[-2]
+        if not multi_contour_eval:
+            contours = [max(contours, key=cv2.contourArea)]
+        rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
+        height, width = image.shape
+        rects[:, 0] += c0
+        rects[:, 1] += r0
+        rects[:, 2] = np.minimum(rects[:, 0] + rects[:, 2], width - 1)
+        rects[:, 3] = np.minimum(rects[:, 1] + rects[:, 3], height - 1)
+        return rects
 
 
 def _mine_boxes(
     scoremap_image: np.ndarray, thresholds: np.ndarray, multi_contour_eval: bool
 ) -> tuple[list[np.ndarray], list[int]]:
-    """Boxes per threshold from a uint8 ``[H, W]`` image.
+    """Boxes per threshold from a uint8 ``[H, W]`` image (see :class:`_Levels`).
 
     ``cv2.threshold(THRESH_BINARY)`` on uint8 with an integer threshold is exactly ``image > thr``;
-    numpy does it without waking OpenCV's thread pool. Thresholds whose binary images coincide
-    (no pixel value between them) share one contour search.
+    thresholds whose binary images coincide share one contour search.
     """
-    present = np.bincount(scoremap_image.ravel(), minlength=256) > 0
-    n_values_at_or_below = np.cumsum(present)
-    cache: dict[int, np.ndarray] = {}
-    boxes: list[np.ndarray] = []
-    buffer = np.empty(scoremap_image.shape, dtype=bool)  # reused: findContours only reads it
-    for thr in _int_thresholds(scoremap_image, thresholds):
-        key = int(n_values_at_or_below[min(thr, 255)])
-        if key not in cache:
-            np.greater(scoremap_image, thr, out=buffer)
-            cache[key] = _boxes_from_binary(buffer.view(np.uint8), multi_contour_eval)
-        boxes.append(cache[key])
+    lv = _Levels(scoremap_image, thresholds)
+    empty = np.zeros((1, 4), dtype=np.int64)
+    per_level = [
+        lv.boxes(scoremap_image, k, multi_contour_eval) if lv.has[k] else empty
+        for k in range(len(lv.levels))
+    ]
+    boxes = [per_level[k] for k in lv.inverse]
     return boxes, [len(b) for b in boxes]
 
 
@@ -320,7 +363,7 @@ class MaxBoxAccV2Evaluator:
 
     Args:
         cam_curve_interval: step of the thresholds ``arange(0, 1, step)``.
-        iou_thresholds: the IoU levels delta in percent.
+        iou_thresholds: the IoU levels delta in percent (they name the keys ``maxboxacc@<delta>``).
         multi_contour_eval: all contours (V2, default) or the largest only (V1).
     """
 
@@ -351,25 +394,52 @@ class MaxBoxAccV2Evaluator:
         check_maps(maps, "MaxBoxAccV2", ndim=3, value_range=(0.0, 1.0))
         gts = as_box_list(gt_boxes, "MaxBoxAccV2", maps.shape[0])
         deltas = np.asarray(self.iou_thresholds, dtype=np.float64)[:, None] / 100.0
+        min_delta = float(deltas.min()) if deltas.size else 0.0
         images = (maps * 255).astype(np.uint8)
         for image, gt in zip(images, gts, strict=True):
             if gt.shape[0] == 0:
                 raise MetricInputError("MaxBoxAccV2: every map needs at least one GT box")
-            boxes, counts = _mine_boxes(image, self.thresholds, self.multi_contour_eval)
-            ious = calculate_multiple_iou(np.concatenate(boxes), gt.astype(np.int64)).max(axis=1)
-            starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-            best = np.maximum.reduceat(ious, starts)  # [n_tau]
+            best = self._best_ious(image, gt.astype(np.int64), min_delta)  # [n_tau]
             self.num_correct += best[None, :] >= deltas
             self.count += 1
 
+    def _best_ious(self, image: np.ndarray, gt: np.ndarray, min_delta: float) -> np.ndarray:
+        """Best IoU over (mined x GT) boxes per tau, float64 ``[n_tau]``; -1 where it is provably
+        below ``min_delta``.
+
+        Every box mined at a level lies inside the bounding box ``B`` of that level's foreground
+        (contour points are foreground pixels), so ``IoU(b, g) <= |B & g| / |g|`` (areas "+1").
+        Levels where that bound is below the smallest delta for every GT box cannot count as
+        correct at any delta and are not searched; both sides are one float division of exact
+        integers, so the skip never changes a comparison with a delta.
+        """
+        height, width = image.shape
+        lv = _Levels(image, self.thresholds)
+        best = np.full(len(lv.levels), -1.0)
+        if not lv.has.all():  # no foreground: wsolevaluation's box [0, 0, 0, 0]
+            best[~lv.has] = calculate_multiple_iou(np.zeros((1, 4), np.int64), gt).max()
+        hull = lv.hull_boxes(width, height)
+        iw = np.minimum(hull[:, None, 2], gt[None, :, 2]) - np.maximum(hull[:, None, 0], gt[:, 0])
+        ih = np.minimum(hull[:, None, 3], gt[None, :, 3]) - np.maximum(hull[:, None, 1], gt[:, 1])
+        inter = (np.maximum(iw + 1, 0) * np.maximum(ih + 1, 0)).astype(np.float64)
+        area_g = ((gt[:, 2] - gt[:, 0] + 1) * (gt[:, 3] - gt[:, 1] + 1)).astype(np.float64)
+        bound = (inter / area_g[None, :]).max(axis=1)  # [K]
+        search = np.flatnonzero(lv.has & (bound >= min_delta))
+        if search.size:
+            boxes = [lv.boxes(image, int(k), self.multi_contour_eval) for k in search]
+            ious = calculate_multiple_iou(np.concatenate(boxes), gt).max(axis=1)
+            starts = np.cumsum([0] + [len(b) for b in boxes[:-1]])
+            best[search] = np.maximum.reduceat(ious, starts)
+        return best[lv.inverse]
+
     def accuracy_curves(self) -> np.ndarray:
-        """Box accuracy in percent, float64 ``[len(iou_thresholds), len(thresholds)]``."""
+        """Box accuracy in [0, 1], float64 ``[len(iou_thresholds), len(thresholds)]``."""
         if self.count == 0:
             return np.full(self.num_correct.shape, math.nan)
-        return self.num_correct * 100.0 / self.count
+        return self.num_correct / self.count
 
     def compute(self) -> dict[str, float]:
-        """``maxboxacc@<delta>`` (percent) and ``maxboxacc_v2`` (their mean); NaN when empty."""
+        """``maxboxacc@<delta>`` in [0, 1] and ``maxboxacc_v2`` (their mean); NaN when empty."""
         curves = self.accuracy_curves()
         out: dict[str, float] = {}
         best = []
@@ -382,13 +452,14 @@ class MaxBoxAccV2Evaluator:
 
 
 class PxAPEvaluator:
-    """Pixel average precision (wsolevaluation ``MaskEvaluator``), percent.
+    """Pixel average precision (wsolevaluation ``MaskEvaluator``), a fraction in [0, 1].
 
     Args:
         cam_curve_interval: bin width of the score histograms.
     """
 
     def __init__(self, cam_curve_interval: float = 0.01) -> None:
+        self.step = float(cam_curve_interval)
         self.thresholds = cam_thresholds(cam_curve_interval)
         # bins [0, b), ..., [1-b, 1), [1, 2), [2, 3]
         self.bin_edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
@@ -399,13 +470,31 @@ class PxAPEvaluator:
         self.gt_true_hist = np.zeros(n, dtype=np.float64)
         self.gt_false_hist = np.zeros(n, dtype=np.float64)
 
-    def _hist(self, values: np.ndarray) -> np.ndarray:
-        # same as np.histogram(values, bin_edges) for values in [0, 3)
-        idx = np.searchsorted(self.bin_edges, values, side="right") - 1
-        return np.bincount(idx, minlength=len(self.bin_edges) - 1).astype(np.float64)
+    def bin_index(self, values: np.ndarray) -> np.ndarray:
+        """Histogram bin of each value in [0, 1]: ``searchsorted(bin_edges, v, "right") - 1``.
+
+        ``floor(v / step)`` is that bin except next to an edge (``arange``'s edges are ``k * step``
+        rounded once) and at ``v = 1``; the values within 1e-6 of a bin's end (far above float
+        error) and the ones get the exact ``searchsorted``. int32 keeps the casts vectorised.
+
+        Args:
+            values: float array of any shape, values in [0, 1].
+
+        Returns:
+            int32 array of the same shape, in ``0 .. len(bin_edges) - 2``.
+        """
+        scaled = values * (1.0 / self.step)
+        idx = scaled.astype(np.int32)
+        frac = scaled - idx
+        near = (frac < 1e-6) | (frac > 1.0 - 1e-6) | (values >= 1.0)
+        fix = np.flatnonzero(near)
+        if fix.size:
+            exact = np.searchsorted(self.bin_edges, values.reshape(-1)[fix], side="right") - 1
+            idx.reshape(-1)[fix] = exact
+        return idx
 
     def accumulate(self, scoremaps: Any, gt_masks: Any, ignore_masks: Any | None = None) -> None:
-        """Add maps with their GT masks.
+        """Add maps with their GT masks: one bin index per pixel, one ``bincount``.
 
         Args:
             scoremaps: float ``[N, H, W]`` in [0, 1].
@@ -414,17 +503,21 @@ class PxAPEvaluator:
         """
         maps = to_numpy(scoremaps)
         check_maps(maps, "PxAP", ndim=3, value_range=(0.0, 1.0))
-        gt = to_numpy(gt_masks).astype(bool)
+        gt = to_numpy(gt_masks).astype(bool, copy=False)
         if gt.shape != maps.shape:
             raise MetricInputError(f"PxAP: masks {gt.shape} do not match maps {maps.shape}")
-        valid = np.ones_like(gt) if ignore_masks is None else ~to_numpy(ignore_masks).astype(bool)
-        if valid.shape != maps.shape:
-            raise MetricInputError(f"PxAP: ignore masks {valid.shape} != maps {maps.shape}")
-        self.gt_true_hist += self._hist(maps[gt & valid])
-        self.gt_false_hist += self._hist(maps[~gt & valid])
+        key = self.bin_index(maps) * 2 + gt  # [N, H, W]: 2 * bin + (GT-positive)
+        if ignore_masks is not None:
+            ignore = to_numpy(ignore_masks).astype(bool, copy=False)
+            if ignore.shape != maps.shape:
+                raise MetricInputError(f"PxAP: ignore masks {ignore.shape} != maps {maps.shape}")
+            key = key[~ignore]
+        counts = np.bincount(key.ravel(), minlength=2 * len(self.gt_true_hist)).reshape(-1, 2)
+        self.gt_false_hist += counts[:, 0]
+        self.gt_true_hist += counts[:, 1]
 
     def compute(self) -> dict[str, float]:
-        """``pxap`` in percent; NaN if no GT-positive pixel (wsolevaluation raises there)."""
+        """``pxap`` in [0, 1]; NaN if no GT-positive pixel (wsolevaluation raises there)."""
         n_true = self.gt_true_hist.sum()
         tp = self.gt_true_hist[::-1].cumsum()
         fp = self.gt_false_hist[::-1].cumsum()
@@ -434,5 +527,5 @@ class PxAPEvaluator:
         with np.errstate(divide="ignore", invalid="ignore"):
             precision = tp / (tp + fp)
         recall = tp / n_true
-        ap = (precision[1:] * np.diff(recall))[nonzero[1:]].sum() * 100.0
+        ap = (precision[1:] * np.diff(recall))[nonzero[1:]].sum()
         return {"pxap": float(ap)}
