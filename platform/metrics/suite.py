@@ -65,6 +65,10 @@ class LocalizationSuite:
         image_size: side of the (square) images in the batches; boxes and masks live in it.
         cam_curve_interval: threshold step for MaxBoxAccV2 and PxAP (wsolevaluation).
         mask_threshold: probability threshold (strict ``>``) for Dice.
+
+    Attributes:
+        localize: when False, :meth:`accumulate` feeds only the AUROC (the trainer's
+            ``eval.loc_every``); the localization keys of :meth:`compute` are then NaN (counts 0).
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class LocalizationSuite:
     ) -> None:
         self.info = info
         self.image_size = int(image_size)
+        self.localize = True
         if self.image_size < 1:
             raise MetricInputError(f"LocalizationSuite: image_size must be >= 1, got {image_size}")
         names = info.classes
@@ -170,6 +175,8 @@ class LocalizationSuite:
         self._check(logits, maps, batch, map_kind)
         size = (self.image_size, self.image_size)
         self.auroc.accumulate(logits, batch.targets, batch.target_mask)
+        if not self.localize:
+            return
 
         dev = maps.device
         raw = maps.float()
