@@ -47,6 +47,7 @@ import cv2
 import numpy as np
 
 from .common import MetricInputError, as_box_list, check_maps, to_numpy
+from .levelsets import level_boxes
 
 __all__ = [
     "check_scoremap_validity",
@@ -176,60 +177,51 @@ def _int_thresholds(scoremap_image: np.ndarray, thresholds: np.ndarray) -> np.nd
 
 
 class _Levels:
-    """The distinct binary images of a uint8 map over the thresholds, and where their pixels lie.
+    """The distinct binary images of a uint8 map over the thresholds.
 
     ``image > thr`` is the same binary image for every ``thr`` between two pixel values present in
-    the map, so the thresholds collapse to ``K`` distinct levels (``levels[inverse]`` gives one
-    threshold per tau that yields the same binary image). For each level the foreground's bounding
-    rows ``r0..r1`` and columns ``c0..c1`` (inclusive) come from the row/column maxima at once;
-    ``has[k]`` is False where nothing exceeds the level.
+    the map, so the thresholds collapse to ``K`` distinct levels, ascending (``levels[inverse]``
+    gives, per tau, a threshold that yields the same binary image as tau's own). ``has[k]`` is
+    False where nothing exceeds level ``k``.
     """
 
     def __init__(self, image: np.ndarray, thresholds: np.ndarray) -> None:
         thr = _int_thresholds(image, thresholds)
-        present = np.bincount(image.ravel(), minlength=256) > 0
-        key = np.cumsum(present)[np.minimum(thr, 255)]
+        hist = cv2.calcHist([image], [0], None, [256], [0, 256])  # no int64 cast, unlike bincount
+        key = np.cumsum(hist.ravel() > 0)[np.minimum(thr, 255)]
         _, first, self.inverse = np.unique(key, return_index=True, return_inverse=True)
         self.levels = thr[first]
-        if image.size == 0:
-            self.has = np.zeros(len(self.levels), bool)
-            return
-        rows = image.max(axis=1)[None, :] > self.levels[:, None]  # [K, H]
-        cols = image.max(axis=0)[None, :] > self.levels[:, None]  # [K, W]
-        self.has = rows.any(axis=1)
-        self.r0 = rows.argmax(axis=1)
-        self.r1 = rows.shape[1] - 1 - rows[:, ::-1].argmax(axis=1)
-        self.c0 = cols.argmax(axis=1)
-        self.c1 = cols.shape[1] - 1 - cols[:, ::-1].argmax(axis=1)
+        self.has = self.levels < (int(image.max()) if image.size else 0)
 
-    def hull_boxes(self, width: int, height: int) -> np.ndarray:
-        """int64 ``[K, 4]``: the box every mined box of a level lies in (wsolevaluation form)."""
-        x1 = np.minimum(self.c1 + 1, width - 1)
-        y1 = np.minimum(self.r1 + 1, height - 1)
-        return np.stack([self.c0, self.r0, x1, y1], axis=1).astype(np.int64)
+    def level_image(self, image: np.ndarray) -> np.ndarray:
+        """uint16 ``[H, W]``: the number of levels below each pixel (foreground at ``k`` iff
+        ``q > k``), the input of :func:`~lesionsweep.metrics.levelsets.level_boxes`."""
+        lut = np.searchsorted(self.levels, np.arange(256), side="left").astype(np.uint16)
+        return lut[image]
 
-    def boxes(self, image: np.ndarray, k: int, multi_contour_eval: bool) -> np.ndarray:
-        """Boxes of level ``k`` (it must have foreground), mined on the foreground's crop.
+    def all_boxes(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(level index [M], boxes [M, 4])`` of every contour of every level, in one pass."""
+        return level_boxes(self.level_image(image), len(self.levels))
 
-        Everything outside the crop is background connected to the image border, so the crop has
-        the same components and holes; ``findContours`` pads it with background as it pads the
-        image. All contours come in any order (``RETR_LIST``); the largest-contour rule (V1) keeps
-        ``RETR_TREE``'s order, which decides ties.
+    def largest_contour_box(self, image: np.ndarray, k: int) -> np.ndarray:
+        """int64 ``[1, 4]``: the box of level ``k``'s largest contour (MaxBoxAcc v1).
+
+        The contour search runs on the foreground's bounding crop: everything outside it is
+        background connected to the image border, so the crop has the same contours, found in
+        the same raster order (which breaks ties of ``cv2.contourArea`` as wsolevaluation's
+        ``max`` does); ``findContours`` pads the crop with background as it pads the image.
         """
-        r0, r1, c0, c1 = int(self.r0[k]), int(self.r1[k]), int(self.c0[k]), int(self.c1[k])
         level = int(self.levels[k])  # a Python int keeps the comparison in uint8
-        binary = np.greater(image[r0 : r1 + 1, c0 : c1 + 1], level).view(np.uint8)
-        mode = cv2.RETR_LIST if multi_contour_eval else cv2.RETR_TREE
-        contours = cv2.findContours(binary, mode, cv2.CHAIN_APPROX_SIMPLE)[-2]
-        if not multi_contour_eval:
-            contours = [max(contours, key=cv2.contourArea)]
-        rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
+        rows = np.flatnonzero(image.max(axis=1) > level)
+        cols = np.flatnonzero(image.max(axis=0) > level)
+        r0, c0 = int(rows[0]), int(cols[0])
+        crop = image[r0 : int(rows[-1]) + 1, c0 : int(cols[-1]) + 1]
+        binary = np.greater(crop, level).view(np.uint8)
+        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+        x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
         height, width = image.shape
-        rects[:, 0] += c0
-        rects[:, 1] += r0
-        rects[:, 2] = np.minimum(rects[:, 0] + rects[:, 2], width - 1)
-        rects[:, 3] = np.minimum(rects[:, 1] + rects[:, 3], height - 1)
-        return rects
+        x, y = x + c0, y + r0
+        return np.array([[x, y, min(x + w, width - 1), min(y + h, height - 1)]], np.int64)
 
 
 def _mine_boxes(
@@ -238,16 +230,22 @@ def _mine_boxes(
     """Boxes per threshold from a uint8 ``[H, W]`` image (see :class:`_Levels`).
 
     ``cv2.threshold(THRESH_BINARY)`` on uint8 with an integer threshold is exactly ``image > thr``;
-    thresholds whose binary images coincide share one contour search.
+    thresholds whose binary images coincide share their boxes.
     """
     lv = _Levels(scoremap_image, thresholds)
     empty = np.zeros((1, 4), dtype=np.int64)
-    per_level = [
-        lv.boxes(scoremap_image, k, multi_contour_eval) if lv.has[k] else empty
-        for k in range(len(lv.levels))
-    ]
-    boxes = [per_level[k] for k in lv.inverse]
-    return boxes, [len(b) for b in boxes]
+    if multi_contour_eval:
+        level_of, boxes = lv.all_boxes(scoremap_image)
+        order = np.argsort(level_of, kind="stable")
+        split = np.searchsorted(level_of[order], np.arange(1, len(lv.levels)))
+        per_level = [b if len(b) else empty for b in np.split(boxes[order], split)]
+    else:
+        per_level = [
+            lv.largest_contour_box(scoremap_image, k) if lv.has[k] else empty
+            for k in range(len(lv.levels))
+        ]
+    out = [per_level[k] for k in lv.inverse]
+    return out, [len(b) for b in out]
 
 
 def compute_bboxes_from_scoremaps(
@@ -394,42 +392,29 @@ class MaxBoxAccV2Evaluator:
         check_maps(maps, "MaxBoxAccV2", ndim=3, value_range=(0.0, 1.0))
         gts = as_box_list(gt_boxes, "MaxBoxAccV2", maps.shape[0])
         deltas = np.asarray(self.iou_thresholds, dtype=np.float64)[:, None] / 100.0
-        min_delta = float(deltas.min()) if deltas.size else 0.0
         images = (maps * 255).astype(np.uint8)
         for image, gt in zip(images, gts, strict=True):
             if gt.shape[0] == 0:
                 raise MetricInputError("MaxBoxAccV2: every map needs at least one GT box")
-            best = self._best_ious(image, gt.astype(np.int64), min_delta)  # [n_tau]
+            best = self._best_ious(image, gt.astype(np.int64))  # [n_tau]
             self.num_correct += best[None, :] >= deltas
             self.count += 1
 
-    def _best_ious(self, image: np.ndarray, gt: np.ndarray, min_delta: float) -> np.ndarray:
-        """Best IoU over (mined x GT) boxes per tau, float64 ``[n_tau]``; -1 where it is provably
-        below ``min_delta``.
-
-        Every box mined at a level lies inside the bounding box ``B`` of that level's foreground
-        (contour points are foreground pixels), so ``IoU(b, g) <= |B & g| / |g|`` (areas "+1").
-        Levels where that bound is below the smallest delta for every GT box cannot count as
-        correct at any delta and are not searched; both sides are one float division of exact
-        integers, so the skip never changes a comparison with a delta.
-        """
-        height, width = image.shape
+    def _best_ious(self, image: np.ndarray, gt: np.ndarray) -> np.ndarray:
+        """Best IoU over (mined x GT) boxes per tau, float64 ``[n_tau]``."""
         lv = _Levels(image, self.thresholds)
         best = np.full(len(lv.levels), -1.0)
         if not lv.has.all():  # no foreground: wsolevaluation's box [0, 0, 0, 0]
             best[~lv.has] = calculate_multiple_iou(np.zeros((1, 4), np.int64), gt).max()
-        hull = lv.hull_boxes(width, height)
-        iw = np.minimum(hull[:, None, 2], gt[None, :, 2]) - np.maximum(hull[:, None, 0], gt[:, 0])
-        ih = np.minimum(hull[:, None, 3], gt[None, :, 3]) - np.maximum(hull[:, None, 1], gt[:, 1])
-        inter = (np.maximum(iw + 1, 0) * np.maximum(ih + 1, 0)).astype(np.float64)
-        area_g = ((gt[:, 2] - gt[:, 0] + 1) * (gt[:, 3] - gt[:, 1] + 1)).astype(np.float64)
-        bound = (inter / area_g[None, :]).max(axis=1)  # [K]
-        search = np.flatnonzero(lv.has & (bound >= min_delta))
-        if search.size:
-            boxes = [lv.boxes(image, int(k), self.multi_contour_eval) for k in search]
-            ious = calculate_multiple_iou(np.concatenate(boxes), gt).max(axis=1)
-            starts = np.cumsum([0] + [len(b) for b in boxes[:-1]])
-            best[search] = np.maximum.reduceat(ious, starts)
+        if self.multi_contour_eval:
+            level_of, boxes = lv.all_boxes(image)
+        else:
+            level_of = np.flatnonzero(lv.has)
+            boxes = np.concatenate(
+                [lv.largest_contour_box(image, int(k)) for k in level_of] or [np.zeros((0, 4))]
+            ).astype(np.int64)
+        if len(boxes):
+            np.maximum.at(best, level_of, calculate_multiple_iou(boxes, gt).max(axis=1))
         return best[lv.inverse]
 
     def accuracy_curves(self) -> np.ndarray:
