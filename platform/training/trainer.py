@@ -28,9 +28,10 @@ every suite key of ``eval.split``, and ``<loc>/loss`` and ``<loc>/<key>`` (e.g.
 evaluated. ``eval.select_metric`` may name any of them; the plateau schedule and the divergence
 check use ``val/loss``. With ``eval.loc_every = k`` the localization keys are computed on epochs
 ``k, 2k, ...`` and the last one, NaN on the others (the losses and AUROC every epoch): a
-localization ``select_metric`` then picks the best among the evaluated epochs only, and a sweep
-that early-stops on a localization metric sees NaN in between (place its rungs on multiples of
-``k``; Optuna's pruners skip NaN intermediate values).
+localization ``select_metric`` then picks the best among the evaluated epochs only. A sweep that
+early-stops on a localization metric sees NaN in between: Ray's ASHA lets a trial whose value at a
+rung is NaN pass that rung and leaves NaN out of the rung's cutoff, so put the rungs
+(``grace_period``, ``reduction_factor``) on multiples of ``k`` to prune on measured values.
 
 Determinism: the run seed fixes the model initialisation; every epoch reseeds Python, numpy and
 torch from ``(seed, epoch, rank)`` and the shuffling from ``(seed, epoch)``, so on the CPU the same
