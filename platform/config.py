@@ -152,7 +152,8 @@ class EvalConfig:
         loc_every: compute the localization metrics (every suite key but the AUROC ones, on
             ``split`` and ``loc_split``) every ``loc_every`` epochs and always on the last
             epoch; the losses and AUROC every epoch. On the other epochs those keys are NaN, so
-            such an epoch is never the best one for a localization ``select_metric``.
+            such an epoch is never the best one for a localization ``select_metric`` (early
+            stopping on one: see :mod:`lesionsweep.training.trainer`).
     """
 
     split: str = "val"
