@@ -47,14 +47,18 @@ def _runs(q: np.ndarray, n_levels: int):
     """Foreground runs ``[start, end]`` (inclusive) of every (row, level), row-major buckets."""
     height, width = q.shape
     count = np.zeros((height, n_levels), np.int64)
+    kmax = np.zeros(height, np.int64)  # levels k < kmax[y] have runs in row y, others none
     for y in range(height):
         prev = 0
+        top = 0
         for x in range(width):
             cur = min(np.int64(q[y, x]), n_levels)
             if cur > prev:
                 for k in range(prev, cur):
                     count[y, k] += 1
+                top = max(top, cur)
             prev = cur
+        kmax[y] = top
     offset = np.empty((height, n_levels), np.int64)
     total = 0
     for y in range(height):
@@ -78,7 +82,7 @@ def _runs(q: np.ndarray, n_levels: int):
                     ends[put_e[y, k]] = x - 1
                     put_e[y, k] += 1
             prev = cur
-    return starts, ends, count, offset
+    return starts, ends, count, offset, kmax
 
 
 @numba.njit(cache=True, nogil=True)
@@ -100,7 +104,7 @@ def _join(parent, xmin, xmax, ymin, ymax, edge, a: int, b: int) -> None:
 @numba.njit(cache=True, nogil=True)
 def _level_boxes(q: np.ndarray, n_levels: int):
     height, width = q.shape
-    fs, fe, count, offset = _runs(q, n_levels)
+    fs, fe, count, offset, kmax = _runs(q, n_levels)
     n_fg = fs.shape[0]
     # ---- foreground components: runs of adjacent rows touching with 8-connectivity
     parent = np.arange(n_fg)
@@ -113,7 +117,7 @@ def _level_boxes(q: np.ndarray, n_levels: int):
     ymax = ymin.copy()
     edge = np.zeros(n_fg, np.bool_)
     for y in range(height - 1):
-        for k in range(n_levels):
+        for k in range(min(kmax[y], kmax[y + 1])):
             o1, n1, o2, n2 = offset[y, k], count[y, k], offset[y + 1, k], count[y + 1, k]
             i = 0
             j = 0
@@ -143,7 +147,7 @@ def _level_boxes(q: np.ndarray, n_levels: int):
     gy = np.empty(n_gap, np.int64)
     gedge = np.zeros(n_gap, np.bool_)
     for y in range(height):
-        for k in range(n_levels):
+        for k in range(kmax[y]):
             o = offset[y, k]
             g = goffset[y, k]
             for i in range(gcount[y, k]):
@@ -155,7 +159,9 @@ def _level_boxes(q: np.ndarray, n_levels: int):
     # a gap touching an adjacent row's background outside that row's foreground span (or a row
     # without foreground) reaches the image edge through it
     for y in range(height):
-        for k in range(n_levels):
+        for k in range(kmax[y]):
+            if gcount[y, k] == 0:
+                continue
             for dy in (-1, 1):
                 yy = y + dy
                 if yy < 0 or yy >= height:
@@ -175,7 +181,7 @@ def _level_boxes(q: np.ndarray, n_levels: int):
     gymin = gy.copy()
     gymax = gy.copy()
     for y in range(height - 1):
-        for k in range(n_levels):
+        for k in range(min(kmax[y], kmax[y + 1])):
             o1, n1, o2, n2 = goffset[y, k], gcount[y, k], goffset[y + 1, k], gcount[y + 1, k]
             i = 0
             j = 0
@@ -197,7 +203,7 @@ def _level_boxes(q: np.ndarray, n_levels: int):
     out_box = np.empty((n_fg + n_gap, 4), np.int64)
     m = 0
     for y in range(height):
-        for k in range(n_levels):
+        for k in range(kmax[y]):
             for r in range(offset[y, k], offset[y, k] + count[y, k]):
                 if parent[r] == r:
                     out_level[m] = k
