@@ -25,14 +25,17 @@ Score-map pipeline (per GT-known map):
    ``(x, y, x + w, y + h)`` clipped to ``(W-1, H-1)``; no contour gives ``[0, 0, 0, 0]``. An image
    is correct at ``(tau, delta)`` if the best IoU over (predicted x GT) boxes is ``>= delta/100``.
    ``maxboxacc@delta = max_tau`` accuracy (a fraction in [0, 1]; wsolevaluation prints percent)
-   and ``maxboxacc_v2`` is the mean over
-   ``delta in {30, 50, 70}``. The optimal ``tau`` is chosen on the evaluated split (an oracle
-   threshold, by design of the metric).
+   and ``maxboxacc_v2`` is the mean over ``delta in {30, 50, 70}``. The optimal ``tau`` is chosen
+   on the evaluated split (an oracle threshold, by design of the metric). The boxes of all
+   thresholds come from one pass over the map (:mod:`.levelsets`, the closed form of those
+   contours' boxes), not one contour search per threshold; the slow per-threshold search is kept
+   in :mod:`.reference` and the two are tested equal.
 3. PxAP (:class:`PxAPEvaluator`): histograms of the normalised scores at GT-positive and
    GT-negative pixels (ignored pixels dropped) over the bins ``[0, b), [b, 2b), ..., [1-b, 1),
    [1, 2), [2, 3]``; precision/recall at each bin edge, ``AP = sum precision[i] * (recall[i] -
    recall[i-1])`` over edges with at least one predicted positive, a fraction in [0, 1]
-   (wsolevaluation multiplies by 100).
+   (wsolevaluation multiplies by 100). Each pixel's bin comes from ``floor(v / b)``, made exact
+   next to the edges, and one ``bincount`` (:meth:`PxAPEvaluator.bin_index`).
 
 Every metric of lesionsweep is a fraction in [0, 1] (or a count); none is in percent.
 """
