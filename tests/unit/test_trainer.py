@@ -750,3 +750,26 @@ def test_keep_resumable_keeps_the_full_last_checkpoint(tmp_path: Path) -> None:
     # AdamW keeps two moments per weight: the resumable file is ~3x the weights-only one
     assert (ckpt / "last.pt").stat().st_size > 2.5 * (ckpt / "best.pt").stat().st_size
     assert result.checkpoint_bytes == sum(p.stat().st_size for p in ckpt.iterdir())
+
+
+def test_finalize_checkpoints_for_a_stopped_run(tmp_path: Path) -> None:
+    """A run stopped after epoch 1 (as an early-stopped trial) keeps its resumable last.pt until
+    the sweep applies the policy to it."""
+    from lesionsweep.training import finalize_checkpoints
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(rep: EpochReport) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_training(tiny(), tmp_path, reporter=stop_after_first)
+    ckpt = tmp_path / "checkpoints"
+    assert {"optimizer", "rng"} <= set(load_checkpoint(ckpt / "last.pt"))  # resumable meanwhile
+    kept = finalize_checkpoints(ckpt, "last")
+    assert list(kept) == ["last.pt"] and not (ckpt / "best.pt").exists()
+    assert load_checkpoint(ckpt / "last.pt")["weights_only"]
+    assert finalize_checkpoints(ckpt, "none") == {} and not any(ckpt.iterdir())
+    with pytest.raises(TrainingError, match="keep_checkpoint = 'some'"):
+        finalize_checkpoints(ckpt, "some")
