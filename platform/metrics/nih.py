@@ -60,7 +60,10 @@ def normalize_to_255(heatmaps: Any) -> np.ndarray:
     lo = maps.min(axis=(1, 2), keepdims=True)
     rng = maps.max(axis=(1, 2), keepdims=True) - lo
     const = rng == 0
-    return np.where(const, 0.0, (maps - lo) * (255.0 / np.where(const, 1.0, rng)))
+    out = maps - lo
+    out *= 255.0 / np.where(const, 1.0, rng)  # in place: the same two roundings as before
+    out[const[:, 0, 0]] = 0.0
+    return out
 
 
 def _component_boxes(binary: np.ndarray) -> np.ndarray:
@@ -199,7 +202,7 @@ class NihBoxEvaluator:
             gt_boxes: N float arrays ``[G_i, 4]`` (G_i >= 1): the GT boxes of that class in that
                 image, continuous ``(x0, y0, x1, y1)`` in the heatmap's pixels.
         """
-        norm = normalize_to_255(heatmaps)
+        norm = self._normalize(heatmaps)
         cls = to_numpy(class_indices, np.int64).reshape(-1)
         gts = as_box_list(gt_boxes, "NIH box accuracy", norm.shape[0])
         if cls.shape[0] != norm.shape[0]:
@@ -223,6 +226,9 @@ class NihBoxEvaluator:
             if union.shape[0]:
                 union = np.unique(union, axis=0)
             self._union.add(int(c), union, gt, self.iobb_thresholds, self.iou_thresholds)
+
+    def _normalize(self, heatmaps: Any) -> np.ndarray:
+        return normalize_to_255(heatmaps)
 
     def _level_boxes(self, norm: np.ndarray) -> dict[float, np.ndarray]:
         """``{level: boxes}`` of one map already on the [0, 255] scale."""

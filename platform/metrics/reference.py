@@ -29,6 +29,7 @@ __all__ = [
     "ReferencePxAPEvaluator",
     "ReferenceNihBoxEvaluator",
     "reference_component_boxes",
+    "reference_normalize_to_255",
 ]
 
 
@@ -113,8 +114,24 @@ def reference_component_boxes(binary: np.ndarray) -> np.ndarray:
     return np.stack([s[:, 0], s[:, 1], s[:, 0] + s[:, 2], s[:, 1] + s[:, 3]], axis=1).reshape(-1, 4)
 
 
+def reference_normalize_to_255(heatmaps: Any) -> np.ndarray:
+    """Min-max to [0, 255] per map of ``[N, H, W]`` with ``np.where`` (constant maps -> 0)."""
+    maps = to_numpy(heatmaps, np.float64)
+    check_maps(maps, "NIH box accuracy", ndim=3)
+    if maps.shape[0] == 0:
+        return maps
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    rng = maps.max(axis=(1, 2), keepdims=True) - lo
+    const = rng == 0
+    return np.where(const, 0.0, (maps - lo) * (255.0 / np.where(const, 1.0, rng)))
+
+
 class ReferenceNihBoxEvaluator(NihBoxEvaluator):
-    """:class:`NihBoxEvaluator` with Wang's boxes from ``connectedComponentsWithStats``."""
+    """:class:`NihBoxEvaluator` with the ``np.where`` normalisation and Wang's boxes from
+    ``connectedComponentsWithStats``."""
+
+    def _normalize(self, heatmaps: Any) -> np.ndarray:
+        return reference_normalize_to_255(heatmaps)
 
     def _level_boxes(self, norm: np.ndarray) -> dict[float, np.ndarray]:
         return {lv: reference_component_boxes((norm > lv).astype(np.uint8)) for lv in self.levels}

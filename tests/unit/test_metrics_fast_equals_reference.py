@@ -20,13 +20,14 @@ from lesionsweep.metrics import (
     compute_bboxes_from_scoremaps,
     prepare_scoremaps,
 )
-from lesionsweep.metrics.nih import _component_boxes
+from lesionsweep.metrics.nih import _component_boxes, normalize_to_255
 from lesionsweep.metrics.reference import (
     ReferenceMaxBoxAccV2Evaluator,
     ReferenceNihBoxEvaluator,
     ReferencePxAPEvaluator,
     reference_component_boxes,
     reference_mine_boxes,
+    reference_normalize_to_255,
 )
 
 
@@ -142,3 +143,9 @@ def test_nih_evaluator_equals_reference() -> None:
     fast.accumulate(maps, classes, boxes)
     ref.accumulate(maps, classes, boxes)
     assert _same(fast.compute(), ref.compute())
+
+
+def test_nih_normalisation_is_bitwise_the_reference() -> None:
+    rng = np.random.default_rng(2)
+    maps = _random_maps(rng, 20, 9, 14) * rng.uniform(-50, 50) + rng.normal()
+    np.testing.assert_array_equal(normalize_to_255(maps), reference_normalize_to_255(maps))
