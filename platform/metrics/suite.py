@@ -78,6 +78,10 @@ class LocalizationSuite:
             ChexlocalizeEvaluator`; default Otsu, no cut-off).
         shortcut_radius: tolerance around the confounder tube, pixels (default
             ``max(1, image_size // 64)``).
+
+    Attributes:
+        localize: when False, :meth:`accumulate` feeds only the AUROC (the trainer's
+            ``eval.loc_every``); the localization keys of :meth:`compute` are then NaN (counts 0).
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class LocalizationSuite:
     ) -> None:
         self.info = info
         self.image_size = int(image_size)
+        self.localize = True
         if self.image_size < 1:
             raise MetricInputError(f"LocalizationSuite: image_size must be >= 1, got {image_size}")
         names = info.classes
@@ -198,6 +203,8 @@ class LocalizationSuite:
         self._check(logits, maps, batch, map_kind)
         size = (self.image_size, self.image_size)
         self.auroc.accumulate(logits, batch.targets, batch.target_mask)
+        if not self.localize:
+            return
 
         dev = maps.device
         raw = maps.float()
@@ -292,11 +299,12 @@ class LocalizationSuite:
         boxes: ``point_acc_*``, ``point_acc/<class>``, ``iobb@T``, ``iobb@T/<class>``, ``iou@T``,
         ``iou@T/<class>``, ``afp`` (+ per-threshold and per-level variants, see
         :class:`~lesionsweep.metrics.nih.NihBoxEvaluator`), ``maxboxacc_v2``,
-        ``maxboxacc@30/50/70`` (percent). With masks: ``pxap`` (percent), ``dice_pooled``,
+        ``maxboxacc@30/50/70``. With masks: ``pxap``, ``dice_pooled``,
         ``dice_per_image``, ``dice_per_image_with_empty``, and for classes with localization
         ground truth ``hit_rate``, ``miou``, ``miou_full`` (+ ``/<class>``). With a confounder
         class: ``shortcut_pointing``, ``shortcut_energy``, ``shortcut_area``. Values are NaN
         where nothing could be scored.
+        Every value is a fraction in [0, 1] (``afp`` and ``*_num_*`` are counts).
         """
         out = self.auroc.compute()
         for ev in (

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import finalize_checkpoints, load_checkpoint, save_checkpoint
 from .evaluate import evaluate, evaluate_model, resolve_checkpoint
 from .optim import LRSchedule, build_optimizer
 from .runtime import (
@@ -41,6 +41,7 @@ __all__ = [
     "evaluate",
     "evaluate_model",
     "load_checkpoint",
+    "finalize_checkpoints",
     "prepare_images",
     "render_strip",
     "resolve_checkpoint",

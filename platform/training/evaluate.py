@@ -140,8 +140,11 @@ def _collect(
 
 
 def resolve_checkpoint(source: str | Path, which: str = "best") -> Path:
-    """The checkpoint file for a run folder (``checkpoints/<which>.pt``, falling back to
-    ``last.pt``) or the file itself."""
+    """The checkpoint file for a run folder or the file itself.
+
+    A run folder gives ``checkpoints/<which>.pt``, else the other of ``best.pt`` / ``last.pt``:
+    ``train.keep_checkpoint`` keeps only one of them once a run is over (``best`` by default).
+    """
     p = Path(source)
     if p.is_file():
         return p
@@ -149,11 +152,14 @@ def resolve_checkpoint(source: str | Path, which: str = "best") -> Path:
         raise ConfigError(f"evaluate: {p} is neither a run folder nor a checkpoint file")
     if which not in ("best", "last"):
         raise ConfigError(f"evaluate: which = {which!r}; choose 'best' or 'last'")
-    for name in (which, "last"):
+    for name in (which, "last" if which == "best" else "best"):
         f = p / "checkpoints" / f"{name}.pt"
         if f.is_file():
             return f
-    raise ConfigError(f"evaluate: {p} has no checkpoints/{which}.pt or checkpoints/last.pt")
+    raise ConfigError(
+        f"evaluate: {p} has neither checkpoints/best.pt nor checkpoints/last.pt (a run trained "
+        "with train.keep_checkpoint = none keeps no weights)"
+    )
 
 
 def evaluate(

@@ -38,6 +38,7 @@ class TrainResult:
         history: every epoch's metrics, in order.
         wall_time_s: wall time of this call.
         out_dir: the run folder.
+        checkpoint_bytes: bytes of the checkpoint files the run kept (after the policy).
     """
 
     final: dict[str, float]
@@ -47,3 +48,4 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     wall_time_s: float = 0.0
     out_dir: Path = Path(".")
+    checkpoint_bytes: int = 0

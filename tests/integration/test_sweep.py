@@ -193,7 +193,8 @@ def test_trial_with_two_cpu_workers_under_ray_train(tmp_path: Path, ray_session:
     df = pd.read_parquet(tmp_path / "ddp" / "trials.parquet")
     assert df.loc[0, "workers"] == 2 and df.loc[0, "cpus_per_worker"] == 0.5
     run = Path(df.loc[0, "run_dir"])
-    assert (run / "checkpoints" / "last.pt").is_file()
+    # default checkpoint policy: the weights-only best.pt stays, the resumable last.pt is removed
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt"]
     assert any((tmp_path / "ddp" / "train_runs").glob("train-*"))
     print(f"2-worker Ray Train trial: {wall:.1f} s end to end")
 
