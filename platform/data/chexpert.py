@@ -329,6 +329,19 @@ class CheXpertDataset(RecordDataset):
     default_classes = PCAM_CLASSES
     all_classes = CHEXPERT_CLASSES
     splits = CHEXPERT_SPLITS
+
+    @classmethod
+    def offered_splits(cls, root: str | Path | None, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """All splits when CheXlocalize's validation file is found, else no ``*-loc`` split (so
+        ``eval.loc_split: auto`` trains on CheXpert alone without complaint)."""
+        seg_name, ann_name, _ = CHEXLOCALIZE_FILES["val-loc"]
+        name = ann_name if options.get("loc_source") == "annotations" else seg_name
+        try:
+            find_chexlocalize_file(Path(root or "."), name, options.get("chexlocalize_dir"))
+        except DataError:
+            return tuple(s for s in cls.splits if not s.endswith("-loc"))
+        return cls.splits
+
     option_spec = CHEXPERT_OPTIONS
     loc_has_masks = True
 

@@ -38,9 +38,14 @@ def dataset_class(name: str) -> Any:
     return getattr(importlib.import_module(module), cls)
 
 
-def available_splits(name: str) -> tuple[str, ...]:
-    """Splits dataset ``name`` offers (the phantom has all five)."""
+def available_splits(name: str, data: DataConfig | None = None) -> tuple[str, ...]:
+    """Splits dataset ``name`` offers (the phantom has all five); with ``data``, the splits its
+    root and options offer (a loader may offer its localization splits only when their optional
+    files are present, see ``offered_splits``)."""
     cls = dataset_class(name)
+    offered = getattr(cls, "offered_splits", None)
+    if data is not None and offered is not None:
+        return tuple(offered(data.root, resolved_options(data)))
     return tuple(getattr(cls, "splits", SPLITS))
 
 

@@ -240,7 +240,7 @@ def resolve_loc_split(cfg: RunConfig, eval_info: DatasetInfo) -> str | None:
     if cfg.data.cache:
         have = tuple(read_manifest(cfg.data.cache)["splits"])
     else:
-        have = available_splits(cfg.data.dataset)
+        have = available_splits(cfg.data.dataset, cfg.data)
     return "val-loc" if "val-loc" in have else None
 
 

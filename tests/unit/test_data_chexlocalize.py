@@ -20,7 +20,7 @@ from lesionsweep.data.chexlocalize import (
     runs_to_mask,
 )
 from lesionsweep.data.chexpert import PCAM_CLASSES, CheXpertDataset
-from lesionsweep.data.types import collate
+from lesionsweep.data.types import DatasetInfo, collate
 from lesionsweep.errors import DataError
 
 mask_api = pytest.importorskip("pycocotools.mask")  # test extra: the reference implementation
@@ -210,3 +210,23 @@ def test_cache_keeps_masks_and_localized_classes(
         assert torch.equal(cached[i].masks, src[i].masks)
     sub = CachedDataset(out, "val-loc", classes=["Pleural Effusion", "Pneumonia"])
     assert sub.info.loc_classes == ("Pleural Effusion",)
+
+
+def test_loc_splits_are_offered_only_with_chexlocalize_files(
+    chexlocalize_root: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """CheXpert without CheXlocalize's download still trains with eval.loc_split: auto."""
+    from lesionsweep.config import config_from_dict
+    from lesionsweep.data import available_splits
+    from lesionsweep.training.trainer import resolve_loc_split
+
+    root, _ = chexlocalize_root
+    data = DataConfig(dataset="chexpert", root=str(root), image_size=16)
+    assert "val-loc" in available_splits("chexpert", data)
+    for f in (root / "CheXlocalize").glob("gt_*.json"):
+        f.unlink()
+    assert set(available_splits("chexpert", data)) == {"train", "val", "test"}
+    assert "val-loc" in available_splits("chexpert")  # what the dataset can offer at all
+    cfg = config_from_dict({"data": {"dataset": "chexpert", "root": str(root), "image_size": 16}})
+    info = DatasetInfo("chexpert", ("Cardiomegaly",), False, False, 16)  # what 'val' has
+    assert resolve_loc_split(cfg, info) is None
