@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +126,18 @@ def _iterate(ds: Dataset[Sample], catch: bool, workers: int) -> Iterator[tuple[i
     yield from loader
 
 
+#: ``progress(split, done, total)``: called after every item a build reads (``done`` counts
+#: written and skipped items of ``split``, of ``total``)
+Progress = Callable[[str, int, int], None]
+
+
 def _write_split(
-    ds: Dataset[Sample], folder: Path, info: DatasetInfo, catch: bool, workers: int
+    ds: Dataset[Sample],
+    folder: Path,
+    info: DatasetInfo,
+    catch: bool,
+    workers: int,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     folder.mkdir(parents=True)
     s, k = info.image_size, info.num_classes
@@ -146,8 +156,11 @@ def _write_split(
     ids: list[str] = []
     skipped: list[list[str]] = [list(map(str, x)) for x in getattr(ds, "skipped", [])]
     j = 0
+    split = folder.name
     try:
-        for i, smp, path, why in _iterate(ds, catch, workers):
+        for done, (i, smp, path, why) in enumerate(_iterate(ds, catch, workers), 1):
+            if progress is not None:
+                progress(split, done, n)
             if smp is None:
                 skipped.append([path, why])
                 continue
@@ -216,6 +229,8 @@ def build_cache(
     *,
     overwrite: bool = False,
     num_workers: int | None = None,
+    progress: Progress | None = None,
+    key: str | None = None,
 ) -> Path:
     """Decode and resize the dataset of ``cfg`` once into a cache folder.
 
@@ -228,6 +243,9 @@ def build_cache(
         overwrite: replace an existing ``out_dir`` (the old cache stays intact until the new one
             is complete).
         num_workers: decoding processes (default ``cfg.num_workers``; 0 = this process).
+        progress: called after every item read (see :data:`Progress`).
+        key: the data-config key of a cache store entry (:mod:`.cache_store`), recorded in
+            the manifest as ``key``.
 
     Returns:
         The cache folder.
@@ -267,7 +285,7 @@ def build_cache(
             if info0 is not None and info.classes != info0.classes:
                 raise DataError(f"{cfg.dataset}: classes differ between splits")
             info0 = info
-            split_meta[split] = _write_split(ds, tmp / split, info, skip, workers)
+            split_meta[split] = _write_split(ds, tmp / split, info, skip, workers, progress)
         assert info0 is not None
         manifest = {
             "format": CACHE_FORMAT,
@@ -284,6 +302,8 @@ def build_cache(
             "splits": split_meta,
             "created_unix": time.time(),
         }
+        if key is not None:
+            manifest["key"] = key
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
         os.chmod(tmp / MANIFEST, 0o644)  # mkstemp / mkdtemp create owner-only files
         os.chmod(tmp, 0o755)

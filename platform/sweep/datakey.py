@@ -1,0 +1,47 @@
+"""The key of a data config in a sweep's data cache store (no torch, no file access).
+
+Two trials read the same cache exactly when their data configs have the same key: the key is a
+digest of everything that changes the images, labels or items a loader delivers (dataset,
+root, image size, classes, options, ``skip_bad_images``) and of nothing else (``cache`` and
+``num_workers`` are left out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ..config import DataConfig
+
+__all__ = ["data_identity", "data_key"]
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def data_identity(data: DataConfig) -> dict[str, Any]:
+    """The fields of ``data`` that decide what a cache of it holds, as plain JSON values."""
+    root = None if data.root is None else os.path.abspath(os.path.expanduser(data.root))
+    return {
+        "dataset": data.dataset,
+        "root": root,
+        "image_size": int(data.image_size),
+        "classes": None if data.classes is None else list(data.classes),
+        "options": _plain(data.options),
+        "skip_bad_images": bool(data.skip_bad_images),
+    }
+
+
+def data_key(data: DataConfig) -> str:
+    """A short, filesystem-safe digest of :func:`data_identity` (``<dataset>-<size>-<hex16>``)."""
+    body = json.dumps(data_identity(data), sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+    return f"{data.dataset}-{int(data.image_size)}-{digest}"
