@@ -88,8 +88,31 @@ class _NpyStreamWriter:
         self._f.close()
 
 
+@dataclasses.dataclass
+class _Item:
+    """What a build keeps of a :class:`Sample`, as numpy arrays: a worker hands these over
+    through its pipe in one message, where torch tensors cost a shared-memory segment each
+    (handing over 256 px phantom items from 2 workers: 1.3-3x the items/s of tensors)."""
+
+    image: np.ndarray
+    target: np.ndarray
+    target_mask: np.ndarray | None
+    boxes: np.ndarray
+    masks: np.ndarray | None
+    id: str
+
+    @classmethod
+    def of(cls, s: Sample) -> _Item:
+        def arr(t: Any) -> Any:
+            return None if t is None else t.numpy()
+
+        return cls(
+            arr(s.image), arr(s.target), arr(s.target_mask), arr(s.boxes), arr(s.masks), s.id
+        )
+
+
 class _Indexed(Dataset[tuple[int, Any, str, str]]):
-    """Wraps a dataset so a worker returns ``(i, sample, "", "")`` or ``(i, None, path, why)``."""
+    """Wraps a dataset so a worker returns ``(i, item, "", "")`` or ``(i, None, path, why)``."""
 
     def __init__(self, ds: Dataset[Sample], catch: bool) -> None:
         self.ds = ds
@@ -107,7 +130,7 @@ class _Indexed(Dataset[tuple[int, Any, str, str]]):
                 raise
             paths = getattr(self.ds, "paths", None)
             return i, None, str(paths[i]) if paths is not None else str(i), str(e)
-        return i, s, "", ""
+        return i, _Item.of(s), "", ""
 
 
 def _first(batch: list[Any]) -> Any:
@@ -164,22 +187,22 @@ def _write_split(
             if smp is None:
                 skipped.append([path, why])
                 continue
-            img = smp.image.numpy()
+            img = smp.image
             if img.shape != (1, s, s) or img.dtype != np.uint8:
                 raise DataError(
                     f"{info.name} item {i}: image {tuple(img.shape)} {img.dtype}, expected "
                     f"uint8 (1, {s}, {s})"
                 )
             img_w.append(img)
-            targets[j] = smp.target.numpy()
+            targets[j] = smp.target
             if smp.target_mask is not None:
-                tmask[j] = smp.target_mask.numpy()
-            b = smp.boxes.numpy().reshape(-1, 5).astype(np.float32)
+                tmask[j] = smp.target_mask
+            b = smp.boxes.reshape(-1, 5).astype(np.float32)
             boxes.append(b)
             counts.append(b.shape[0])
             ids.append(str(smp.id) if smp.id else str(i))
             if mask_w is not None:
-                m = np.zeros((k, s, s), bool) if smp.masks is None else smp.masks.numpy()
+                m = np.zeros((k, s, s), bool) if smp.masks is None else smp.masks
                 mask_w.append(np.packbits(m.reshape(k, s * s).astype(bool), axis=1))
             j += 1
     except BaseException:
