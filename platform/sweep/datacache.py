@@ -32,7 +32,6 @@ import dataclasses
 import itertools
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
@@ -40,15 +39,12 @@ from ..data.cache import CachedDataset
 from ..data.cache_store import BuildProgress, ensure_cache
 from ..data.factory import available_splits, build_source_dataset, resolved_options
 from ..errors import ConfigError
-from .datakey import data_key
+from .datakey import STORE_FOLDER, data_key, store_folder
 from .spaces import Choice, Const, IntRange, SearchSpace
 from .spec import SweepSpec, build_trial_config
-from .storage import SweepLocation
 
 __all__ = ["STORE_FOLDER", "prepare_sweep_data", "reachable_configs", "needed_splits"]
 
-#: the store folder inside the sweep folder (``data_cache: sweep``)
-STORE_FOLDER = "data-cache"
 #: most data configs one space may reach before the sweep gives up enumerating them
 MAX_CONFIGS_PER_SPACE = 32
 _ABSENT = object()  # a conditional parameter that is not drawn
@@ -138,13 +134,6 @@ def _say(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _store(spec: SweepSpec, root: str) -> Path | None:
-    if spec.data_cache != "sweep":
-        return Path(spec.data_cache).expanduser()
-    loc = SweepLocation(root)
-    return None if loc.local_path is None else loc.local_path / STORE_FOLDER
-
-
 def _check_named(cfg: RunConfig) -> None:
     """Open the named cache's splits a trial reads; refuse a cache built for other data."""
     assert cfg.data.cache is not None
@@ -198,7 +187,7 @@ def prepare_sweep_data(spec: SweepSpec, root: str, progress: bool = True) -> Swe
     todo = [c for c in cfgs if c.data.cache is None]
     if not todo:
         return spec
-    store = _store(spec, root)
+    store = store_folder(spec.data_cache, root)
     if store is None:
         _say(
             progress,

@@ -1,4 +1,4 @@
-"""The key of a data config in a sweep's data cache store (no torch, no file access).
+"""The key of a data config in a sweep's data cache store, and where that store is (no torch).
 
 Two trials read the same cache exactly when their data configs have the same key: the key is a
 digest of everything that changes the images, labels or items a loader delivers (dataset,
@@ -12,11 +12,28 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
+from .storage import SweepLocation
 
-__all__ = ["data_identity", "data_key"]
+__all__ = ["STORE_FOLDER", "data_identity", "data_key", "store_folder"]
+
+#: the store folder inside the sweep folder (``data_cache: sweep``)
+STORE_FOLDER = "data-cache"
+
+
+def store_folder(data_cache: str, root: str) -> Path | None:
+    """The data cache store of a sweep folder ``root`` with the spec's ``data_cache`` setting:
+    ``<root>/data-cache`` for ``sweep``, the folder given, or None (``none``, or ``sweep`` with
+    an object-store sweep folder, which cannot be memory-mapped)."""
+    if data_cache == "none":
+        return None
+    if data_cache != "sweep":
+        return Path(data_cache).expanduser().absolute()
+    local = SweepLocation(root).local_path
+    return None if local is None else local / STORE_FOLDER
 
 
 def _plain(v: Any) -> Any:

@@ -116,6 +116,9 @@ def test_a_sweep_renders_each_phantom_image_once(tmp_path: Path) -> None:
     (cache,) = caches
     assert Path(cache).parent == root / "data-cache"
     assert (Path(cache) / "manifest.json").is_file()
+    # the exported config reads the dataset (the sweep cache lacks the test split)
+    best = yaml.safe_load((root / "exports" / "best.yaml").read_text())
+    assert best["data"].get("cache") is None and best["data"]["image_size"] == 64
 
     # the same sweep without the cache: every trial renders the whole dataset itself
     rows, _ = _sweep(tmp_path, "live", "none")
