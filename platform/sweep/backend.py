@@ -886,7 +886,6 @@ class _AbortStopper(tune.Stopper):
 # Ray and the Tuner
 # =============================================================================================
 
-
 def _trainable(spec: SweepSpec, root: str) -> Any:
     res = spec.resources
     if res.workers == 1:
