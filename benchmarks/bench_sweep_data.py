@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from lesionsweep.data import build_dataset
-from lesionsweep.data import phantom as phantom_module
+from lesionsweep.data.phantom import dataset as phantom_module
 from lesionsweep.sweep.datacache import prepare_sweep_data, reachable_configs
 from lesionsweep.sweep.spec import build_trial_config, spec_from_dict
 from lesionsweep.training.runtime import make_loader

@@ -13,12 +13,10 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from torch.utils.data import Dataset
-
 from ..config import DataConfig
 from ..errors import DataError
 from .base import SPLITS
-from .types import Sample
+from .types import SplitDataset
 
 # dataset name -> (module, class)
 DATASETS: dict[str, tuple[str, str]] = {
@@ -61,7 +59,7 @@ def _plain(options: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _plain(v) if isinstance(v, Mapping) else v for k, v in dict(options).items()}
 
 
-def build_source_dataset(cfg: DataConfig, split: str) -> Dataset[Sample]:
+def build_source_dataset(cfg: DataConfig, split: str) -> SplitDataset:
     """Build ``split`` of ``cfg.dataset`` from the original files (never from a cache)."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; splits are: {', '.join(SPLITS)}")
@@ -97,7 +95,7 @@ def build_source_dataset(cfg: DataConfig, split: str) -> Dataset[Sample]:
     )
 
 
-def build_dataset(cfg: DataConfig, split: str) -> Dataset[Sample]:
+def build_dataset(cfg: DataConfig, split: str) -> SplitDataset:
     """Build one split of the dataset a :class:`DataConfig` describes.
 
     Args:

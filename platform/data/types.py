@@ -19,7 +19,7 @@ Coordinate convention (used by every loader, after any resizing):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -100,3 +100,14 @@ class DatasetInfo:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+class SplitDataset(Protocol):
+    """What every dataset split of the platform is (loaders, the phantom, the cache): a sized,
+    indexable source of :class:`Sample` items that describes itself through ``info``."""
+
+    info: DatasetInfo
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Sample: ...

@@ -2,8 +2,8 @@
 build), where without the cache every trial renders the whole dataset again.
 
 Renders are counted across processes: a ``sitecustomize`` on ``PYTHONPATH`` (inherited by the
-local Ray cluster's worker processes) wraps ``lesionsweep.data.phantom._render`` when that module
-is imported and appends ``pid stream index`` to a log file for every render.
+local Ray cluster's worker processes) wraps ``lesionsweep.data.phantom.dataset._render`` when
+that module is imported and appends ``pid stream index`` to a log file for every render.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import importlib.abc, importlib.util, os, sys
 
 class _CountRenders(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != "lesionsweep.data.phantom":
+        if name != "lesionsweep.data.phantom.dataset":
             return None
         sys.meta_path.remove(self)
         try:

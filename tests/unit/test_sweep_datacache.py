@@ -17,9 +17,9 @@ import pytest
 import torch
 from lesionsweep.config import DataConfig
 from lesionsweep.data import CachedDataset, build_cache
-from lesionsweep.data import phantom as phantom_module
 from lesionsweep.data.cache_store import BuildProgress, ensure_cache
 from lesionsweep.data.phantom import PhantomDataset
+from lesionsweep.data.phantom import dataset as phantom_module
 from lesionsweep.errors import DataError
 from lesionsweep.sweep.datacache import STORE_FOLDER, prepare_sweep_data, reachable_configs
 from lesionsweep.sweep.datakey import data_key
@@ -164,7 +164,7 @@ def test_an_interrupted_build_leaves_nothing_half_written(tmp_path: Path) -> Non
 _BUILDER = """
 import sys, time
 from lesionsweep.config import DataConfig
-from lesionsweep.data import phantom
+from lesionsweep.data.phantom import dataset as phantom
 from lesionsweep.data.cache_store import ensure_cache
 
 store, mode = sys.argv[1], sys.argv[2]
