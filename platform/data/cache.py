@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import DataConfig
 from ..errors import DataError
 from ..io import atomic_write_text
-from .types import DatasetInfo, Sample, empty_boxes
+from .types import DatasetInfo, Sample, SplitDataset, empty_boxes
 
 CACHE_FORMAT = "lesionsweep-cache"
 CACHE_VERSION = 1
@@ -114,7 +114,7 @@ class _Item:
 class _Indexed(Dataset[tuple[int, Any, str, str]]):
     """Wraps a dataset so a worker returns ``(i, item, "", "")`` or ``(i, None, path, why)``."""
 
-    def __init__(self, ds: Dataset[Sample], catch: bool) -> None:
+    def __init__(self, ds: SplitDataset, catch: bool) -> None:
         self.ds = ds
         self.catch = catch
 
@@ -137,7 +137,7 @@ def _first(batch: list[Any]) -> Any:
     return batch[0]
 
 
-def _iterate(ds: Dataset[Sample], catch: bool, workers: int) -> Iterator[tuple[int, Any, str, str]]:
+def _iterate(ds: SplitDataset, catch: bool, workers: int) -> Iterator[tuple[int, Any, str, str]]:
     wrapped = _Indexed(ds, catch)
     if workers <= 0:
         for i in range(len(wrapped)):
@@ -155,7 +155,7 @@ Progress = Callable[[str, int, int], None]
 
 
 def _write_split(
-    ds: Dataset[Sample],
+    ds: SplitDataset,
     folder: Path,
     info: DatasetInfo,
     catch: bool,

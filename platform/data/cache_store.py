@@ -34,7 +34,7 @@ from typing import Any, TextIO
 
 from ..config import DataConfig
 from ..errors import DataError
-from .cache import MANIFEST, build_cache, read_manifest
+from .cache import MANIFEST, Progress, build_cache, read_manifest
 
 __all__ = ["BuildProgress", "ensure_cache", "manifest_mismatch", "normalized_root"]
 
@@ -142,7 +142,7 @@ def ensure_cache(
     options: Mapping[str, Any],
     *,
     num_workers: int | None = None,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> tuple[Path, bool]:
     """The store entry ``<store>/<key>`` holding ``splits`` of ``cfg``'s data; built if needed.
 
