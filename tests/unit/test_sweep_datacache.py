@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
+from lesionsweep.cli import main
 from lesionsweep.config import DataConfig
 from lesionsweep.data import CachedDataset, build_cache
 from lesionsweep.data.cache_store import BuildProgress, ensure_cache
@@ -259,3 +261,19 @@ def test_ranges_over_data_settings_fall_back_clearly(
     none = _spec(tmp_path, data_cache="none")
     assert prepare_sweep_data(none, none.location.root).data_caches == {}
     assert not (Path(none.location.root) / STORE_FOLDER).exists()
+
+
+def test_the_cli_refuses_a_mismatched_cache_before_any_trial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    named = build_cache(
+        DataConfig(dataset="phantom", image_size=64, options=OPTIONS), tmp_path / "named"
+    )
+    body = _spec(tmp_path, data={"dataset": "phantom", "options": OPTIONS, "cache": str(named)})
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump(body.to_dict()))
+    assert main(["sweep", str(spec_file), "--quiet", "--num-cpus", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lesionsweep: error: cache ") and "image_size 64" in err
+    assert "Traceback" not in err
+    assert not (Path(body.location.root) / "tuner.pkl").exists()  # no trial started
