@@ -16,12 +16,32 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
-from .storage import SweepLocation
+from ..errors import ConfigError
+from .storage import SweepLocation, is_uri
 
-__all__ = ["STORE_FOLDER", "data_identity", "data_key", "store_folder"]
+__all__ = ["STORE_FOLDER", "check_data_cache", "data_identity", "data_key", "store_folder"]
 
 #: the store folder inside the sweep folder (``data_cache: sweep``)
 STORE_FOLDER = "data-cache"
+
+
+def check_data_cache(value: Any, where: str) -> str:
+    """The spec's ``data_cache`` setting: ``sweep``, ``none`` (also null / false) or a folder.
+
+    Raises:
+        ConfigError: not a non-empty string, or a URI (a memory-mapped cache needs a local or
+            shared filesystem folder).
+    """
+    if value is None or value is False:
+        return "none"
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected 'sweep', 'none' or a folder path, got {value!r}")
+    if value not in ("sweep", "none") and is_uri(value):
+        raise ConfigError(
+            f"{where}: {value!r}: the cache is memory-mapped, so it must be a local or shared "
+            "filesystem folder, not a URI"
+        )
+    return value
 
 
 def store_folder(data_cache: str, root: str) -> Path | None:

@@ -55,7 +55,7 @@ import yaml
 
 from ..config import RunConfig, TrainConfig, config_from_flat, parse_overrides
 from ..errors import ConfigError
-from .datakey import data_key
+from .datakey import check_data_cache, data_key
 from .spaces import (
     Const,
     IntRange,
@@ -588,18 +588,7 @@ def spec_from_dict(
     concurrency = _int(raw.get("concurrency", 1), f"{source}: concurrency", 1)
     seed = _int(raw.get("seed", 0), f"{source}: seed", 0)
     max_failures = _int(raw.get("max_failures", 0), f"{source}: max_failures", 0)
-    data_cache = raw.get("data_cache", "sweep")
-    if data_cache is None or data_cache is False:
-        data_cache = "none"
-    if not isinstance(data_cache, str) or not data_cache:
-        raise ConfigError(
-            f"{source}: data_cache must be 'sweep', 'none' or a folder path, got {data_cache!r}"
-        )
-    if data_cache not in ("sweep", "none") and is_uri(data_cache):
-        raise ConfigError(
-            f"{source}: data_cache {data_cache!r}: the cache is memory-mapped, so it must be a "
-            "local or shared filesystem folder, not a URI"
-        )
+    data_cache = check_data_cache(raw.get("data_cache", "sweep"), f"{source}: data_cache")
     storage = raw.get("storage", "sweeps")
     if not isinstance(storage, str) or not storage:
         raise ConfigError(f"{source}: storage must be a folder path or a URI, got {storage!r}")

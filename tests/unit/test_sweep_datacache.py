@@ -22,7 +22,7 @@ from lesionsweep.data import CachedDataset, build_cache
 from lesionsweep.data.cache_store import BuildProgress, ensure_cache
 from lesionsweep.data.phantom import PhantomDataset
 from lesionsweep.data.phantom import dataset as phantom_module
-from lesionsweep.errors import DataError
+from lesionsweep.errors import ConfigError, DataError
 from lesionsweep.sweep.datacache import STORE_FOLDER, prepare_sweep_data, reachable_configs
 from lesionsweep.sweep.datakey import data_key
 from lesionsweep.sweep.spaces import RandomSuggester
@@ -277,3 +277,12 @@ def test_the_cli_refuses_a_mismatched_cache_before_any_trial(
     assert err.startswith("lesionsweep: error: cache ") and "image_size 64" in err
     assert "Traceback" not in err
     assert not (Path(body.location.root) / "tuner.pkl").exists()  # no trial started
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [(3, "expected 'sweep', 'none' or a folder"), ("s3://b/cache", "not a URI")],
+)
+def test_a_bad_data_cache_setting_is_refused(tmp_path: Path, value: Any, match: str) -> None:
+    with pytest.raises(ConfigError, match=f"data_cache: .*{match}"):
+        _spec(tmp_path, data_cache=value)
