@@ -123,7 +123,7 @@ def needed_splits(cfg: RunConfig) -> list[str]:
     if loc not in (None, "none", "auto"):
         out.append(loc)
     elif "val-loc" in have and cfg.eval.split != "val-loc":
-        info = build_source_dataset(cfg.data, cfg.eval.split).info  # type: ignore[attr-defined]
+        info = build_source_dataset(cfg.data, cfg.eval.split).info
         if not (info.has_boxes and info.has_masks):
             out.append("val-loc")
     return list(dict.fromkeys(s for s in out if s in have))
