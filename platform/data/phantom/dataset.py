@@ -39,7 +39,9 @@ class PhantomDataset(torch.utils.data.Dataset):
 
     Items are :class:`~lesionsweep.data.types.Sample`: image ``uint8 [1, H, W]``, target
     ``float32 [K]``, boxes ``float32 [N, 5]`` (class index into ``classes``, x0, y0, x1, y1),
-    masks ``bool [K, H, W]``, id ``phantom-<split>-<index:06d>`` and meta (see
+    masks ``bool [K, H, W]``, id ``phantom-<split>-<index:06d>``, ``confounder`` (the tube's
+    mask ``bool [H, W]``, empty without a tube, when ``confounder_class`` is set; else None;
+    ``info.confounder_class`` names it when that class is selected) and meta (see
     :class:`PhantomItem`; ``confounder_mask`` is a bool tensor ``[H, W]`` or None).
 
     Raises:
@@ -114,6 +116,7 @@ class PhantomDataset(torch.utils.data.Dataset):
             has_boxes=True,
             has_masks=True,
             image_size=self.spec.image_size,
+            confounder_class=confounder_class if confounder_class in names else None,
         )
         self.cache_in_memory = bool(cache_in_memory)
         self._cache: dict[int, _Compact] = {}
@@ -158,6 +161,11 @@ class PhantomDataset(torch.utils.data.Dataset):
             boxes = boxes[np.argsort(boxes[:, 0], kind="stable")]
         meta = c.meta(as_torch=True)
         meta["split"] = self.split
+        tube = None  # with a confounder configured: the tube's mask, empty when none was drawn
+        if self.spec.confounder_class is not None:
+            tube = meta["confounder_mask"]
+            if tube is None:
+                tube = torch.zeros((s, s), dtype=torch.bool)
         return Sample(
             image=torch.from_numpy(c.image.reshape(1, s, s)),
             target=torch.from_numpy(target),
@@ -165,6 +173,7 @@ class PhantomDataset(torch.utils.data.Dataset):
             masks=torch.from_numpy(masks),
             id=f"phantom-{self.split}-{i:06d}",
             meta=meta,
+            confounder=tube,
         )
 
 
