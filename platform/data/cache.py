@@ -11,6 +11,8 @@ Layout of a cache folder (all arrays plain ``.npy``, readable without pickle)::
     <split>/masks.npy             uint8   [N, K, ceil(S*S/8)]  bit-packed (np.packbits of the
                                           row-major S x S plane); only in splits with masks
     <split>/ids.npy               unicode [N]
+    <split>/confounder.npy        uint8   [N, ceil(S*S/8)]  bit-packed shortcut-confounder masks
+                                          (the phantom's tube) where items carry one
 
 The cache is built in a temporary folder next to ``out_dir`` and renamed onto it only when every
 split and the manifest are written, so a crash never leaves a half cache under ``out_dir``.
@@ -100,6 +102,7 @@ class _Item:
     boxes: np.ndarray
     masks: np.ndarray | None
     id: str
+    confounder: np.ndarray | None
 
     @classmethod
     def of(cls, s: Sample) -> _Item:
@@ -107,7 +110,13 @@ class _Item:
             return None if t is None else t.numpy()
 
         return cls(
-            arr(s.image), arr(s.target), arr(s.target_mask), arr(s.boxes), arr(s.masks), s.id
+            arr(s.image),
+            arr(s.target),
+            arr(s.target_mask),
+            arr(s.boxes),
+            arr(s.masks),
+            s.id,
+            arr(s.confounder),
         )
 
 
@@ -172,6 +181,7 @@ def _write_split(
         if info.has_masks
         else None
     )
+    conf_w: _NpyStreamWriter | None = None  # opened at the first item with a confounder mask
     targets = np.zeros((n, k), np.float32)
     tmask = np.ones((n, k), np.float32)
     boxes: list[np.ndarray] = []
@@ -204,15 +214,22 @@ def _write_split(
             if mask_w is not None:
                 m = np.zeros((k, s, s), bool) if smp.masks is None else smp.masks
                 mask_w.append(np.packbits(m.reshape(k, s * s).astype(bool), axis=1))
+            if smp.confounder is not None and conf_w is None:
+                conf_w = _NpyStreamWriter(folder / "confounder.npy", np.dtype(np.uint8), (n_bytes,))
+                for _ in range(j):  # earlier items had none
+                    conf_w.append(np.zeros(n_bytes, np.uint8))
+            if conf_w is not None:
+                c = np.zeros((s, s), bool) if smp.confounder is None else smp.confounder
+                conf_w.append(np.packbits(c.reshape(s * s).astype(bool)))
             j += 1
     except BaseException:
-        img_w.abort()
-        if mask_w is not None:
-            mask_w.abort()
+        for w in (img_w, mask_w, conf_w):
+            if w is not None:
+                w.abort()
         raise
-    img_w.close()
-    if mask_w is not None:
-        mask_w.close()
+    for w in (img_w, mask_w, conf_w):
+        if w is not None:
+            w.close()
     np.save(folder / "targets.npy", targets[:j])
     np.save(folder / "target_mask.npy", tmask[:j])
     flat = np.concatenate(boxes, 0) if boxes else np.zeros((0, 5), np.float32)
@@ -227,6 +244,8 @@ def _write_split(
         "has_boxes": info.has_boxes,
         "has_masks": info.has_masks,
         "loc_classes": None if info.loc_classes is None else list(info.loc_classes),
+        "has_confounder": conf_w is not None,
+        "confounder_class": info.confounder_class,
         "skipped": skipped,
     }
 
@@ -438,6 +457,8 @@ class CachedDataset(Dataset[Sample]):
                 if meta.get("loc_classes") is None
                 else tuple(c for c in names if c in meta["loc_classes"])
             ),
+            # optional; like the loaders, named only when that class is selected
+            confounder_class=conf if (conf := meta.get("confounder_class")) in names else None,
         )
         self.skipped = [tuple(x) for x in meta.get("skipped", [])]
         self._n = int(meta["num_items"])
@@ -463,6 +484,8 @@ class CachedDataset(Dataset[Sample]):
         self._folder = folder
         self._images: np.ndarray | None = None
         self._masks: np.ndarray | None = None
+        self._has_confounder = bool(meta.get("has_confounder", False))
+        self._confounder: np.ndarray | None = None
         self._open()  # validate the memory-mapped arrays now
 
     @staticmethod
@@ -495,11 +518,16 @@ class CachedDataset(Dataset[Sample]):
                 (self._n, self._k_all, (s * s + 7) // 8),
                 mmap=True,
             )
+        if self._has_confounder:
+            self._confounder = self._load(
+                self._folder / "confounder.npy", np.uint8, (self._n, (s * s + 7) // 8), mmap=True
+            )
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_images"] = None  # never pickle memory maps (that would copy the whole array)
         state["_masks"] = None
+        state["_confounder"] = None
         return state
 
     def __len__(self) -> int:
@@ -529,6 +557,10 @@ class CachedDataset(Dataset[Sample]):
             packed = np.asarray(self._masks[i])[self.class_index]
             m = np.unpackbits(packed, axis=1, count=s * s).reshape(-1, s, s).view(bool)
             masks_t = torch.from_numpy(m)
+        conf_t = None
+        if self._confounder is not None:
+            c = np.unpackbits(np.asarray(self._confounder[i]), count=s * s).reshape(s, s)
+            conf_t = torch.from_numpy(c.view(bool))
         return Sample(
             image=img,
             target=torch.from_numpy(self.targets[i].copy()),
@@ -537,6 +569,7 @@ class CachedDataset(Dataset[Sample]):
             target_mask=torch.from_numpy(self.target_mask[i].copy()),
             id=self.ids[i],
             meta={"cache_index": i},
+            confounder=conf_t,
         )
 
     def check_matches(self, cfg: DataConfig) -> None:
