@@ -26,7 +26,8 @@ from lesionsweep.errors import ConfigError, DataError
 from lesionsweep.sweep.datacache import STORE_FOLDER, prepare_sweep_data, reachable_configs
 from lesionsweep.sweep.datakey import data_key
 from lesionsweep.sweep.spaces import RandomSuggester
-from lesionsweep.sweep.spec import build_trial_config, spec_from_dict
+from lesionsweep.sweep.spec import build_trial_config, load_spec, spec_from_dict
+from lesionsweep.training import run_training
 
 N_TRAIN, N_VAL = 12, 6
 OPTIONS = {"num_train": N_TRAIN, "num_val": N_VAL}
@@ -286,3 +287,33 @@ def test_the_cli_refuses_a_mismatched_cache_before_any_trial(
 def test_a_bad_data_cache_setting_is_refused(tmp_path: Path, value: Any, match: str) -> None:
     with pytest.raises(ConfigError, match=f"data_cache: .*{match}"):
         _spec(tmp_path, data_cache=value)
+
+
+def test_a_shortcut_study_trial_on_the_sweep_cache_scores_as_on_the_live_phantom(
+    tmp_path: Path,
+) -> None:
+    spec = load_spec(
+        None,
+        {
+            "spaces": ["shortcut_study"],
+            "data.image_size": 64,
+            "data.options": {"num_train": 16, "num_val": 16},
+            "base.method.backbone": "test_resnet",
+            "base.train.epochs": 1,
+            "base.train.log_images": 0,
+            "early_stopping": "none",
+            "storage": str(tmp_path / "sweeps"),
+        },
+    )
+    prepared = prepare_sweep_data(spec, spec.location.root, progress=False)
+    assert len(prepared.data_caches) == 3  # one per searched confounder_prob
+    space = spec.spaces.by_name("shortcut_study")
+    draws = (space.sample(RandomSuggester(seed)) for seed in range(50))
+    params = next(p for p in draws if p["method.name"] == "cam" and p["method.pooling"] == "gap")
+    cached = build_trial_config(prepared, "shortcut_study", params)
+    live = build_trial_config(spec, "shortcut_study", params)
+    assert cached.data.cache is not None and live.data.cache is None
+    a = run_training(cached, tmp_path / "cached").final
+    b = run_training(live, tmp_path / "live").final
+    for key in ("val/shortcut_pointing", "val/shortcut_energy", "val/auroc_macro"):
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
