@@ -72,6 +72,9 @@ def _run(
 
     root = spec.location.root
     t0 = time.monotonic()
+    from .datacache import prepare_sweep_data  # imports torch: kept out of the CLI's start-up
+
+    spec = prepare_sweep_data(spec, root, progress=progress)  # every trial reads one cache
     started = backend.init_ray(address, num_cpus=num_cpus)
     try:
         records, interrupted, abort = backend.run_tune(

@@ -29,7 +29,13 @@ class PhantomDataset(torch.utils.data.Dataset):
         seed: non-negative integer.
         prevalence, difficulty, confounder_class, confounder_prob, confounder_base_rate: see
             :class:`PhantomSpec`.
-        cache_in_memory: keep rendered items (images and trimmed masks) after first access.
+        cache_in_memory: keep rendered items (images and trimmed masks) after first access,
+            in this process: with DataLoader workers each worker keeps its own copy (memory
+            times workers), and an item the shuffle hands to another worker in a later epoch is
+            rendered again (with 2 workers about half the items in epoch 2, a quarter in epoch
+            3). Sweeps render each item once into a memory-mapped cache that every trial and
+            worker shares (:mod:`lesionsweep.sweep.datacache`); for single runs build one with
+            ``lesionsweep cache`` and set ``data.cache``.
 
     Items are :class:`~lesionsweep.data.types.Sample`: image ``uint8 [1, H, W]``, target
     ``float32 [K]``, boxes ``float32 [N, 5]`` (class index into ``classes``, x0, y0, x1, y1),
