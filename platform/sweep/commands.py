@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +67,16 @@ def _run(
     retry_failed: bool = False,
     progress: bool = True,
     num_cpus: int | None = None,
+    on_connected: Callable[[], None] | None = None,
 ) -> SweepSummary:
     from . import backend
 
     root = spec.location.root
     t0 = time.monotonic()
-    started = backend.init_ray(address, num_cpus=num_cpus)
+    started = backend.init_ray(address, num_cpus=num_cpus)  # ConfigError before any write
     try:
+        if on_connected is not None:
+            on_connected()
         records, interrupted, abort = backend.run_tune(
             spec, root, restore=restore, retry_failed=retry_failed, progress=progress
         )
@@ -149,8 +152,11 @@ def run_sweep(
             f"sweep folder {loc.root} already exists: continue it with `lesionsweep resume "
             f"{loc.root}`, or pick another name (--set name=...) or storage"
         )
-    loc.makedirs()
-    loc.write_bytes(SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
+
+    def write_spec() -> None:  # only once Ray is up: a refused cluster leaves nothing behind
+        loc.makedirs()
+        loc.write_bytes(SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
+
     if progress:
         obj = spec.objective
         objective = ", ".join(f"{m} ({d})" for m, d in zip(obj.metrics, obj.modes, strict=True))
@@ -160,7 +166,9 @@ def run_sweep(
             file=sys.stderr,
             flush=True,
         )
-    return _run(spec, address, restore=False, progress=progress, num_cpus=num_cpus)
+    return _run(
+        spec, address, restore=False, progress=progress, num_cpus=num_cpus, on_connected=write_spec
+    )
 
 
 def load_sweep_spec(sweep: str | Path) -> SweepSpec:
