@@ -55,7 +55,7 @@ def test_launcher_keeps_the_dashboard_local_and_the_token_private() -> None:
     assert raw["available_node_types"][raw["head_node_type"]]["resources"] == {"CPU": 0}
 
 
-# --- KubeRay RayJob ------------------------------------------------------------------------------
+# --- KubeRay RayJob ------------------------------------------------------------------------
 # Field names of KubeRay's ray.io/v1 CRDs (RayJobSpec, RayClusterSpec, HeadGroupSpec,
 # WorkerGroupSpec) that a manifest may use at these levels; anything else is refused by the API
 # server's structural schema (unknown fields are pruned or rejected).
@@ -120,7 +120,7 @@ def test_rayjob_has_the_fields_kuberay_requires_and_no_others() -> None:
         _containers(g["template"])
 
 
-# --- SLURM -----------------------------------------------------------------------------------------
+# --- SLURM ---------------------------------------------------------------------------------
 SLURM = CLUSTER_DIR / "slurm.sh"
 
 
