@@ -156,16 +156,16 @@ def run_sweep(
     def write_spec() -> None:  # only once Ray is up: a refused cluster leaves nothing behind
         loc.makedirs()
         loc.write_bytes(SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
+        if progress:
+            obj = spec.objective
+            objective = ", ".join(f"{m} ({d})" for m, d in zip(obj.metrics, obj.modes, strict=True))
+            print(
+                f"sweep {spec.name!r}: {spec.budget.trials} trial(s) over space(s) "
+                f"{', '.join(spec.spaces.names)}, objective {objective}, folder {loc.root}",
+                file=sys.stderr,
+                flush=True,
+            )
 
-    if progress:
-        obj = spec.objective
-        objective = ", ".join(f"{m} ({d})" for m, d in zip(obj.metrics, obj.modes, strict=True))
-        print(
-            f"sweep {spec.name!r}: {spec.budget.trials} trial(s) over space(s) "
-            f"{', '.join(spec.spaces.names)}, objective {objective}, folder {loc.root}",
-            file=sys.stderr,
-            flush=True,
-        )
     return _run(
         spec, address, restore=False, progress=progress, num_cpus=num_cpus, on_connected=write_spec
     )

@@ -275,7 +275,7 @@ def test_driver_without_the_token_is_refused_cleanly(
         assert r.returncode == 2, r.stderr[-3000:]
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("lesionsweep: error:")]
-        assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert lines == errors and len(errors) == 1, r.stderr  # one message, no traceback
         assert "token" in errors[0] and address in errors[0]
         assert not (tmp_path / "sweeps" / "notoken").exists()  # nothing written: no sweep.yaml
 
