@@ -255,8 +255,15 @@ def two_raylets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     finally:
         for t in trees:
             t.poll()
-        for t in reversed(trees):
+        for t in reversed(trees):  # what the README says: SIGTERM to each `ray start --block`
+            t.root.terminate()
+        deadline = time.monotonic() + 30
+        while any(t.alive() for t in trees) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = [(p.pid, p.name()) for t in trees for p in t.alive()]
+        for t in trees:
             t.end()
+        assert left == [], f"still running after SIGTERM to `ray start --block`: {left}"
 
 
 def test_driver_without_the_token_is_refused_cleanly(
