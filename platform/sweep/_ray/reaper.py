@@ -131,6 +131,7 @@ def main(argv: list[str]) -> int:
         return 2
     if os.fork():
         return 0
+    os.chdir("/")  # hold no directory of the driver's
     driver_pid, session_dir = int(argv[0]), argv[1]
     ended = watch(driver_pid, session_dir)
     if ended:

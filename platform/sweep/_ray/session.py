@@ -24,6 +24,7 @@ import os
 import secrets
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ from ray._private import ray_constants, services
 from ray._private.authentication.authentication_token_setup import (
     maybe_enable_token_auth_if_token_available,
 )
-from ray._raylet import AuthenticationTokenLoader, GcsClient
+from ray._raylet import AuthenticationTokenLoader, Config, GcsClient
 from ray.exceptions import AuthenticationError, RayError
 
 from ...errors import ConfigError
@@ -107,15 +108,26 @@ def init_ray(
             **kwargs,
         )
     session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
-    reaper.spawn(os.getpid(), session_dir)
+    try:
+        reaper.spawn(os.getpid(), session_dir)
+    except (OSError, subprocess.SubprocessError) as e:  # the sweep runs without it
+        logger.warning(
+            "could not start the Ray session reaper (%s): a killed driver may leave "
+            "Ray processes behind",
+            e,
+        )
     return True
 
 
 def shutdown_ray() -> None:
     """Shut down the Ray session :func:`init_ray` started (and forget its per-sweep token)."""
     ray.shutdown()
-    if os.environ.pop(_OWN_TOKEN_MARK, None) is not None:
+    mark = os.environ.pop(_OWN_TOKEN_MARK, None)
+    if mark is not None:
         os.environ.pop("RAY_AUTH_TOKEN", None)
+        if mark == "token+mode":
+            os.environ.pop("RAY_AUTH_MODE", None)
+            Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
 
 
@@ -182,7 +194,11 @@ def _use_session_token() -> None:
     if env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH"):
         return
     env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    env[_OWN_TOKEN_MARK] = "1"
+    env[_OWN_TOKEN_MARK] = "token"
+    if "RAY_AUTH_MODE" not in env:  # what Ray does for a local cluster, without its warning
+        env["RAY_AUTH_MODE"] = "token"
+        env[_OWN_TOKEN_MARK] = "token+mode"
+        Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
 
 
