@@ -156,7 +156,9 @@ def check_cluster(address: str) -> None:
         ) from e
     if address == "auto":  # what ray.init does for "auto" (never for an explicit address)
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    _tighten_token_file()
+    env = os.environ
+    if env.get("RAY_AUTH_MODE", "").lower() == "token" and not env.get("RAY_AUTH_TOKEN"):
+        _tighten_token_file()  # the file this driver is about to send the token from
     try:
         with _quiet_stderr():
             GcsClient(address=gcs).internal_kv_get(b"session_name", None, timeout=30)
