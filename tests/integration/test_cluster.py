@@ -273,7 +273,14 @@ def test_driver_without_the_token_is_refused_cleanly(
     home = tmp_path / "home"
     home.mkdir()
     spec = _spec(tmp_path, "notoken")
-    for env in (_env(home), _env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="wrong")):
+    loose = tmp_path / "loose_token"  # a wrong token in a file others can read
+    loose.write_text("wrong")
+    loose.chmod(0o644)
+    for env in (
+        _env(home),
+        _env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="wrong"),
+        _env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(loose)),
+    ):
         r = subprocess.run(
             [*_cli("lesionsweep"), "sweep", str(spec), "--address", address],
             env=env, capture_output=True, text=True, timeout=300,
@@ -282,9 +289,12 @@ def test_driver_without_the_token_is_refused_cleanly(
         assert r.returncode == 2, r.stderr[-3000:]
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("lesionsweep: error:")]
-        assert lines == errors and len(errors) == 1, r.stderr  # one message, no traceback
+        errors += [ln for ln in lines if ln.endswith("made it private (0600)")]
+        assert sorted(lines) == sorted(errors), r.stderr  # one message (+ the chmod), no traceback
+        assert len(errors) == 1 + ("RAY_AUTH_TOKEN_PATH" in env), r.stderr
         assert "token" in errors[0] and address in errors[0]
         assert not (tmp_path / "sweeps" / "notoken").exists()  # nothing written: no sweep.yaml
+    assert loose.stat().st_mode & 0o777 == 0o600  # the token file the driver read is private now
 
 
 def test_sweep_on_two_raylets_runs_trials_on_the_worker_node(
