@@ -102,7 +102,14 @@ class Tree:
                 continue
 
     def alive(self) -> list[psutil.Process]:
-        return [p for p in self.seen.values() if p.is_running() and p.status() != "zombie"]
+        out = []
+        for p in self.seen.values():
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+            except psutil.Error:  # ended between the two looks
+                continue
+        return out
 
     def end(self) -> None:
         for p in self.alive():
