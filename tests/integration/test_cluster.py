@@ -119,6 +119,13 @@ class Tree:
                 pass
 
 
+def _name(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.Error:
+        return "?"
+
+
 def _run_polling(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, Tree]:
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -172,14 +179,14 @@ def test_killed_driver_leaves_no_ray_process(tmp_path: Path) -> None:
             assert proc.poll() is None, "the sweep ended before it could be killed"
             time.sleep(0.5)
         tree.poll()
-        names = sorted(p.name() for p in tree.alive() if p.pid != proc.pid)
+        names = sorted(_name(p) for p in tree.alive() if p.pid != proc.pid)
         assert {"gcs_server", "raylet", "ray::DashboardAgent"} <= set(names), names
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 30
         while tree.alive() and time.monotonic() < deadline:
             time.sleep(0.5)
-        left = [(p.pid, p.name()) for p in tree.alive()]
+        left = [(p.pid, _name(p)) for p in tree.alive()]
         print(f"session processes before the kill: {len(names)} {names}; left after: {left}")
         assert left == []
     finally:
@@ -267,7 +274,7 @@ def two_raylets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         deadline = time.monotonic() + 30
         while any(t.alive() for t in trees) and time.monotonic() < deadline:
             time.sleep(0.5)
-        left = [(p.pid, p.name()) for t in trees for p in t.alive()]
+        left = [(p.pid, _name(p)) for t in trees for p in t.alive()]
         for t in trees:
             t.end()
         assert left == [], f"still running after SIGTERM to `ray start --block`: {left}"
