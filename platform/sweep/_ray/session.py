@@ -37,7 +37,11 @@ from ray._private import ray_constants, services
 from ray._private.authentication.authentication_token_setup import (
     maybe_enable_token_auth_if_token_available,
 )
-from ray._raylet import AuthenticationTokenLoader, Config, GcsClient
+from ray._raylet import (  # type: ignore[attr-defined]  # compiled, no stubs
+    AuthenticationTokenLoader,
+    Config,
+    GcsClient,
+)
 from ray.exceptions import AuthenticationError, RayError
 
 from ...errors import ConfigError
