@@ -71,6 +71,7 @@ __all__ = [
     "PersistentASHA",
     "ResultsCallback",
     "init_ray",
+    "shutdown_ray",
     "run_tune",
     "pruned_trials",
     "optuna_study",
