@@ -25,7 +25,7 @@ from torch import nn
 
 from .backbones import Backbone, create_backbone
 from .base import Method, MethodOutput, register_method
-from .pooling import Pooling, create_pooling, pooling_names
+from .pooling import Pooling, PoolingName, create_pooling, pooling_names
 
 __all__ = ["CAM", "build_backbone", "build_pooling", "make_classifier", "check_input"]
 
@@ -151,7 +151,7 @@ class CAM(Method):
         in_chans: int = 1,
         feature_index: int = -1,
         output_stride: int | None = None,
-        pooling: str = "gap",
+        pooling: PoolingName = "gap",
         lse_r: float = 10.0,
         wildcat_kmax: float = 0.1,
         wildcat_kmin: float = 0.0,

@@ -30,6 +30,7 @@ from torch import nn
 
 from .base import Method, MethodOutput, register_method
 from .cam import build_backbone, build_pooling, check_input, make_classifier
+from .pooling import PoolingName
 
 __all__ = ["MultiscaleCAM", "parse_stages"]
 
@@ -89,7 +90,7 @@ class MultiscaleCAM(Method):
         temperature: float = 1.0,
         relevance_init_deep: float = 0.0,
         output_stride: int | None = None,
-        pooling: str = "gap",
+        pooling: PoolingName = "gap",
         lse_r: float = 10.0,
         wildcat_kmax: float = 0.1,
         wildcat_kmin: float = 0.0,

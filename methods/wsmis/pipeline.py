@@ -91,7 +91,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lesionsweep.io import atomic_write
+from lesionsweep.fileio import atomic_write
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
@@ -696,7 +696,7 @@ class _Pipeline:
             (self.out / f"stage{s}" / "done.json").unlink(missing_ok=True)
 
     def mark_done(self, stage: int, metrics: dict[str, float], history: list[dict[str, float]]):
-        from lesionsweep.io import atomic_write_text
+        from lesionsweep.fileio import atomic_write_text
         from lesionsweep.training.evaluate import json_safe
 
         d = {
@@ -728,7 +728,7 @@ class _Pipeline:
         return state
 
     def report(self, stage: int, metrics: Mapping[str, float], ckpt: Path | None) -> None:
-        from lesionsweep.io import atomic_write_text
+        from lesionsweep.fileio import atomic_write_text
         from lesionsweep.training.evaluate import json_safe
         from lesionsweep.training.trainer import EpochReport
 

@@ -10,24 +10,26 @@ modules are imported lazily, so importing this module costs nothing.
 from __future__ import annotations
 
 import importlib
+import typing
 from collections.abc import Mapping
 from typing import Any
 
+from lesionsweep.methods.registry import Registry
 from torch.utils.data import Dataset
 
-from ..config import DataConfig
+from ..config import DataConfig, DatasetName
 from ..errors import DataError
 from .base import SPLITS
 from .types import Sample
 
-# dataset name -> (module, class)
-DATASETS: dict[str, tuple[str, str]] = {
-    "phantom": ("lesionsweep.data.phantom", "PhantomDataset"),
-    "nih": ("lesionsweep.data.nih", "NIHDataset"),
-    "siim": ("lesionsweep.data.siim", "SIIMDataset"),
-    "rsna": ("lesionsweep.data.rsna", "RSNADataset"),
-    "chexpert": ("lesionsweep.data.chexpert", "CheXpertDataset"),
-}
+#: dataset name -> (module, class) of its loader, imported on first use. The names are the ones
+#: :data:`lesionsweep.config.DatasetName` declares (a test checks they agree).
+DATASETS: Registry[tuple[str, str]] = Registry("dataset")
+DATASETS.add("phantom", ("lesionsweep.data.phantom", "PhantomDataset"))
+DATASETS.add("nih", ("lesionsweep.data.nih", "NIHDataset"))
+DATASETS.add("siim", ("lesionsweep.data.siim", "SIIMDataset"))
+DATASETS.add("rsna", ("lesionsweep.data.rsna", "RSNADataset"))
+DATASETS.add("chexpert", ("lesionsweep.data.chexpert", "CheXpertDataset"))
 # DataConfig fields the phantom takes as arguments; options may not repeat them
 _PHANTOM_RESERVED = ("split", "image_size", "classes")
 
@@ -35,7 +37,8 @@ _PHANTOM_RESERVED = ("split", "image_size", "classes")
 def dataset_class(name: str) -> Any:
     """The loader class registered under ``name`` (imported on first use)."""
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        names = ", ".join(typing.get_args(DatasetName))
+        raise DataError(f"unknown dataset {name!r}; choose one of: {names}")
     module, cls = DATASETS[name]
     return getattr(importlib.import_module(module), cls)
 

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from ..config import RunConfig, config_from_dict, load_config, merge_flat
 from ..errors import ConfigError, TrainingError
-from ..io import atomic_write_text
+from ..fileio import atomic_write_text
 from .checkpoint import load_checkpoint, unwrap_model
 from .runtime import (
     autocast_dtype,

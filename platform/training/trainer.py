@@ -56,7 +56,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from ..config import LOC_SPLIT_CHOICES, RunConfig, config_from_dict, dump_config
 from ..errors import ConfigError, DataError, TrainingError
-from ..io import atomic_write, atomic_write_text
+from ..fileio import atomic_write, atomic_write_text
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
