@@ -245,7 +245,9 @@ def component_hints(section: str, name: Any, source: str) -> dict[str, Any]:
     return registry.hints(name)
 
 
-def convert_key(section: str, key: str, value: Any, source: str, component: Any = None) -> Any:
+def convert_key(
+    section: str, key: str, value: Any, source: str, component: Any = None, role: str = ""
+) -> Any:
     """Convert one value of ``section.key`` to its declared type (the one conversion).
 
     Args:
@@ -254,12 +256,13 @@ def convert_key(section: str, key: str, value: Any, source: str, component: Any 
         value: the YAML value.
         source: the file, for messages.
         component: the method / loss name for ``method.*`` / ``loss.*`` keys.
+        role: shown before the key ("parameter", "base").
 
     Raises:
         ConfigError: unknown key, or a value that does not fit its type (naming file, key,
             value and the expected type).
     """
-    where = f"{source}: {section}.{key}"
+    where = f"{source}: {role + ' ' if role else ''}{section}.{key}"
     if section in ("method", "loss"):
         if key == "name":
             component_hints(section, value, source)

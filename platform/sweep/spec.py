@@ -27,15 +27,27 @@ Example (every key optional except what differs from the defaults)::
     max_failures: 0                 # retries of a crashed trial (a failing config is not retried)
 
 Precedence for each trial's run config, lowest first: code defaults < the space's ``base`` <
-the spec's ``data`` < the spec's ``base`` < the drawn parameters. A spec ``base`` key that a
-space also searches *pins* that parameter (it takes the spec value; conditions still see it).
-``train.seed`` defaults to the spec's ``seed``.
+the spec's ``data`` < the spec's ``base`` < the drawn parameters. Two rules keep this from
+being silent:
+
+* a spec ``data`` or ``base`` key that a space also searches *pins* that parameter (it takes the
+  spec value; conditions still see it);
+* a spec ``data`` value that contradicts a space's own ``base`` (e.g. ``data.image_size: 128``
+  against the PYLON space's ``data.image_size: 256``) is an error: a space's ``base`` states what
+  its method needs. To override it deliberately, set the key in the spec's ``base``
+  (``base: {data.image_size: 512}``); every method/image-size combination a space can reach is
+  still checked against the method's ``input_multiple`` before launch.
+
+``train.seed`` defaults to the spec's ``seed``. Before launch every space is validated with the
+spec applied (keys, value types and bounds, method/size combinations, whole trial configs) and
+the dataset root of every non-synthetic dataset a trial can use must exist.
 
 The test split is never reachable from a sweep: ``eval.split`` may not name a test split
 (:func:`lesionsweep.config.config_from_dict` refuses it) and the sweep never calls
 ``lesionsweep evaluate``.
 
-Overrides are ``dotted.path=value`` strings with YAML values: ``budget.trials=4``,
+Overrides (``--set PATH=VALUE``, the same convention as every command) are dotted paths into
+this YAML with YAML values: ``budget.trials=4``,
 ``objective.metric=val/pxap``, ``base.optim.lr=0.01``, ``data.options.num_train=32``,
 ``spaces=[cam,pylon]``.
 """
@@ -43,16 +55,24 @@ Overrides are ``dotted.path=value`` strings with YAML values: ``budget.trials=4`
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
-
-from ..config import RunConfig, TrainConfig, config_from_flat, parse_overrides
-from ..errors import ConfigError
+from ..config import (
+    SECTIONS,
+    RunConfig,
+    TrainConfig,
+    config_from_flat,
+    convert_key,
+    parse_overrides,
+)
+from ..errors import ConfigError, check_keys
+from ..values import Range, convert, parse_yaml_mapping, read_yaml
+from .spaces import (
+    TOP_KEYS as SPACE_KEYS,
+)
 from .spaces import (
     Const,
     IntRange,
@@ -63,6 +83,9 @@ from .spaces import (
     validate_space,
 )
 from .storage import SweepLocation, is_uri
+
+#: storage URI schemes ``pyarrow.fs.FileSystem.from_uri`` understands (besides local paths)
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 
 __all__ = [
     "Objective",
@@ -317,10 +340,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any], source
     out = _plain(dict(raw))
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
-        if head not in _TOP:
-            raise ConfigError(
-                f"{source}: override {key!r}: unknown key {head!r}; allowed: {', '.join(_TOP)}"
-            )
+        check_keys([head], _TOP, f"{source}: override {key!r}")
         if not rest:
             out[head] = value
             continue
@@ -386,19 +406,15 @@ def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = Non
     Raises:
         ConfigError: naming the file and the key for anything invalid.
     """
+    hint = f"keys: {', '.join(_TOP)}"
     if path is None:
-        p, text, base_dir = "<demo spec>", DEMO_SPEC_YAML, None
+        p, base_dir = "<demo spec>", None
+        raw = parse_yaml_mapping(DEMO_SPEC_YAML, p, "sweep spec", hint)
     else:
         fp = Path(path)
-        if not fp.is_file():
-            raise ConfigError(f"sweep spec file not found: {fp}")
-        p, text, base_dir = str(fp), fp.read_text(), fp.parent
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: malformed YAML: {e}") from None
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{p}: a sweep spec must be a mapping with keys {', '.join(_TOP)}")
+        p, base_dir = str(fp), fp.parent
+        raw = read_yaml(fp, "sweep spec", hint)
+    _refuse_space_as_spec(raw, p)
     if overrides:
         raw = apply_overrides(raw, overrides, p)
     raw = dict(raw)
@@ -407,36 +423,48 @@ def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = Non
     return spec_from_dict(raw, source=p, base_dir=base_dir)
 
 
+def _refuse_space_as_spec(raw: Mapping[str, Any], source: str) -> None:
+    """A search space given where a spec is expected: say how to use it."""
+    if "parameters" in raw and "spaces" not in raw and set(raw) <= set(SPACE_KEYS):
+        raise ConfigError(
+            f"{source}: this is a search space, not a sweep spec; list it in a spec's `spaces:` "
+            f"(spaces: [{source}]), or run it with the demo settings: "
+            f"lesionsweep sweep --set spaces=[{source}]"
+        )
+
+
 def _check_keys(body: Any, allowed: Sequence[str], where: str) -> dict[str, Any]:
     if not isinstance(body, Mapping):
         raise ConfigError(
             f"{where}: expected a mapping with keys {', '.join(allowed)}, got {body!r}"
         )
-    bad = sorted(set(body) - set(allowed))
-    if bad:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(repr, bad))}; allowed: {', '.join(allowed)}"
-        )
+    check_keys(body, allowed, where)
     return dict(body)
 
 
 def _int(v: Any, where: str, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ConfigError(f"{where}: expected an integer >= {low}, got {v!r}")
-    return v
+    """An integer >= ``low`` (the one conversion of :mod:`lesionsweep.values`)."""
+    return int(convert(v, Annotated[int, Range(low, None)], where))
 
 
 def _num(v: Any, where: str, low: float, strict: bool = False) -> float:
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            pass
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ConfigError(f"{where}: expected a number, got {v!r}")
-    if v < low or (strict and v == low):
-        raise ConfigError(f"{where}: expected a number {'>' if strict else '>='} {low}, got {v!r}")
-    return float(v)
+    """A finite number >= ``low`` (> ``low`` when ``strict``)."""
+    out = float(convert(v, Annotated[float, Range(low, None)], where))
+    if strict and out == low:
+        raise ConfigError(f"{where} = {v!r} is out of range; it must be > {low:g}")
+    return out
+
+
+def _check_storage(storage: str, source: str) -> None:
+    """A storage URI must use a scheme pyarrow's filesystems understand."""
+    if "://" not in storage:
+        return
+    scheme = storage.split("://", 1)[0].lower()
+    if scheme not in STORAGE_SCHEMES:
+        raise ConfigError(
+            f"{source}: storage = {storage!r}: unsupported URI scheme {scheme!r}; use a local "
+            f"folder or one of: {', '.join(s + '://' for s in STORAGE_SCHEMES)}"
+        )
 
 
 def _mode(v: Any, where: str) -> str:
@@ -581,6 +609,7 @@ def spec_from_dict(
     storage = raw.get("storage", "sweeps")
     if not isinstance(storage, str) or not storage:
         raise ConfigError(f"{source}: storage must be a folder path or a URI, got {storage!r}")
+    _check_storage(storage, source)
     if not is_uri(storage):
         storage = str(SweepLocation.of(storage, name).storage)
 
@@ -604,11 +633,15 @@ def spec_from_dict(
             f"{source}: space_selection {selection!r} is not allowed; "
             "choose one of: round_robin, searched"
         )
+    data, base = _typed_settings(data, base, spaces, source)
+    _refuse_space_base_conflicts(data, spaces, source)
     context = _context(data, base, seed)
-    pins = {k: v for k, v in base.items() if any(k in s.keys() for s in spaces)}
+    settings = {**_flat_data(data), **base}
+    pins = {k: v for k, v in settings.items() if any(k in s.keys() for s in spaces)}
     space_set = SpaceSet(tuple(spaces), selection=selection, pins=pins)
     for s in spaces:
         validate_space(s, context=context, pins=pins)
+    _check_dataset_roots(context, spaces, pins, source)
     if searcher.name == "grid":
         space_set.grid()  # raises for ranges without a grid
     spec = SweepSpec(
@@ -636,6 +669,102 @@ def spec_from_dict(
                 f"length max_t = {max_t} epochs"
             )
     return spec
+
+
+def _flat_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's ``data`` section as flat keys (``data.options.<opt>`` one by one)."""
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        if k == "options" and isinstance(v, Mapping):
+            flat.update({f"data.options.{o}": ov for o, ov in v.items()})
+        else:
+            flat[f"data.{k}"] = v
+    return flat
+
+
+def _typed_settings(
+    data: Mapping[str, Any], base: Mapping[str, Any], spaces: Sequence[SearchSpace], source: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The spec's ``data`` and ``base`` values converted to their declared types (once).
+
+    A ``method.*`` / ``loss.*`` key takes the type the first method / loss that can reach it
+    declares (the spec's ``base`` name, else the spaces' names); keys nobody declares are left
+    for :func:`validate_space` to report.
+    """
+    typed_data = {k: convert_key("data", k, v, source) for k, v in data.items()}
+    names: dict[str, list[Any]] = {}
+    for sec in ("method", "loss"):
+        found: list[Any] = [base[f"{sec}.name"]] if f"{sec}.name" in base else []
+        for sp in spaces:
+            found += [sp.base[f"{sec}.name"]] if f"{sec}.name" in sp.base else []
+            for p in sp.params:
+                if p.key == f"{sec}.name":
+                    found += list(p.dist.representatives())
+        names[sec] = found or (["cam"] if sec == "method" else ["bce"])
+    typed_base: dict[str, Any] = {}
+    for key, value in base.items():
+        sec, name = key.split(".", 1)
+        typed_base[key] = value
+        if sec in ("method", "loss") and name != "name":
+            for component in names[sec]:
+                try:
+                    typed_base[key] = convert_key(sec, name, value, source, component, "base")
+                    break
+                except ConfigError:
+                    continue
+        elif sec in SECTIONS:
+            typed_base[key] = convert_key(sec, name, value, source, role="base")
+    return typed_data, typed_base
+
+
+def _refuse_space_base_conflicts(
+    data: Mapping[str, Any], spaces: Sequence[SearchSpace], source: str
+) -> None:
+    """A spec ``data`` value may not silently replace a space's own ``base`` value."""
+    for key, value in _flat_data(data).items():
+        for sp in spaces:
+            if key in sp.base and sp.base[key] != value:
+                raise ConfigError(
+                    f"{source}: {key} = {value!r} in the spec's data contradicts space "
+                    f"{sp.name!r} ({sp.source}), whose base sets {key} = {sp.base[key]!r}; "
+                    f"remove one of them, or override the space on purpose with "
+                    f"base: {{{key}: {value!r}}}"
+                )
+
+
+def _check_dataset_roots(
+    context: Mapping[str, Any],
+    spaces: Sequence[SearchSpace],
+    pins: Mapping[str, Any],
+    source: str,
+) -> None:
+    """Every non-synthetic dataset a trial can read has an existing ``data.root`` (or a cache).
+
+    Checked on the machine that launches the sweep, which for a cluster must see the same
+    shared filesystem as the workers.
+    """
+    for sp in spaces:
+        flat = {**sp.base, **context, **pins}
+        datasets = [flat.get("data.dataset", "phantom")]
+        for p in sp.params:
+            if p.key == "data.dataset" and p.key not in pins:
+                datasets = list(p.dist.grid()) if hasattr(p.dist, "values") else datasets
+        if flat.get("data.cache"):
+            continue
+        root = flat.get("data.root")
+        for ds in datasets:
+            if ds == "phantom":
+                continue
+            if not root:
+                raise ConfigError(
+                    f"{source}: space {sp.name!r} can train on dataset {ds!r} but no data.root "
+                    "is set; give data: {root: /path/to/the/dataset} (or data.cache)"
+                )
+            if not Path(str(root)).expanduser().is_dir():
+                raise ConfigError(
+                    f"{source}: data.root = {root!r} for dataset {ds!r} does not exist on this "
+                    "machine; give the folder with the dataset's official files"
+                )
 
 
 def build_trial_config(spec: SweepSpec, space_name: str, params: Mapping[str, Any]) -> RunConfig:
