@@ -84,7 +84,12 @@ def test_unknown_loss_kwarg_and_names(tmp_path: Path) -> None:
         ("optim", "name", "lamb", r"optim\.name = 'lamb' is not allowed.*adamw"),
         ("optim", "schedule", "linear", r"optim\.schedule = 'linear'.*cosine"),
         ("data", "dataset", "mimic", r"data\.dataset = 'mimic'.*phantom"),
-        ("train", "epochs", "three", r"train\.epochs = 'three': expected an integer in \[1, 10000\]"),
+        (
+            "train",
+            "epochs",
+            "three",
+            r"train\.epochs = 'three': expected an integer in \[1, 10000\]",
+        ),
         ("train", "amp", "yes", r"train\.amp = 'yes': expected true or false"),
         ("optim", "lr", "fast", r"optim\.lr = 'fast': expected a number \(float\)"),
         ("optim", "lr", float("nan"), r"optim\.lr = nan: expected a number \(float\)"),
@@ -93,7 +98,12 @@ def test_unknown_loss_kwarg_and_names(tmp_path: Path) -> None:
         ("train", "in_chans", 2, r"train\.in_chans = 2 is not allowed; choose one of: 1, 3"),
         ("train", "batch_size", 0, r"train\.batch_size = 0 is out of range; allowed: \[1, 65536\]"),
         ("data", "classes", "Mass", r"data\.classes = 'Mass': expected a list of strings or null"),
-        ("data", "image_size", None, r"data\.image_size = None: expected an integer in \[16, 4096\]"),
+        (
+            "data",
+            "image_size",
+            None,
+            r"data\.image_size = None: expected an integer in \[16, 4096\]",
+        ),
         ("eval", "split", "test", r"eval\.split = 'test'.*lesionsweep evaluate"),
         ("eval", "split", "test-loc", r"eval\.split = 'test-loc'"),
         ("eval", "loc_split", "test-loc", r"eval\.loc_split = 'test-loc'.*lesionsweep evaluate"),
@@ -301,7 +311,9 @@ def test_pylon_image_size_must_be_a_multiple_of_its_input_multiple(tmp_path: Pat
 def test_binary_and_list_files_are_one_clear_error(tmp_path: Path) -> None:
     p = tmp_path / "weights.yaml"
     p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary")
-    with pytest.raises(ConfigError, match=r"weights\.yaml: not a text file \(byte 0 is not UTF-8\)"):
+    with pytest.raises(
+        ConfigError, match=r"weights\.yaml: not a text file \(byte 0 is not UTF-8\)"
+    ):
         load_config(p)
     lst = _write(tmp_path, "- a\n- b\n", name="list.yaml")
     with pytest.raises(ConfigError, match=r"list\.yaml: a run config must be a mapping"):

@@ -108,7 +108,10 @@ def test_representative_draws_cover_every_choice(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "fragments"),
     [
-        ({"parameters": {"method.poolng": {"choice": ["gap"]}}}, ["unknown key 'method.poolng' for method 'cam'", "pooling"]),
+        (
+            {"parameters": {"method.poolng": {"choice": ["gap"]}}},
+            ["unknown key 'method.poolng' for method 'cam'", "pooling"],
+        ),
         ({"parameters": {"optim.lr": {"float": [1e-2, 1e-4]}}}, ["optim.lr", "empty range"]),
         (
             {"parameters": {"optim.lr": {"float": [0.0, 1e-2], "log": True}}},
@@ -128,9 +131,15 @@ def test_representative_draws_cover_every_choice(tmp_path: Path) -> None:
         ),
         ({"parameters": {"optim.lr": {"uniform": [0, 1]}}}, ["optim.lr", "uniform", "choice"]),
         ({"parameters": {"optim.lr": {"choice": []}}}, ["optim.lr", "empty"]),
-        ({"parameters": {"optim.lrr": {"float": [0.1, 0.2]}}}, ["unknown key 'optim.lrr'; allowed: factor, gamma, lr"]),
+        (
+            {"parameters": {"optim.lrr": {"float": [0.1, 0.2]}}},
+            ["unknown key 'optim.lrr'; allowed: factor, gamma, lr"],
+        ),
         ({"parameters": {"modl.x": {"const": 1}}}, ["modl.x", "unknown section"]),
-        ({"parameters": {"loss.gamma": {"float": [0.5, 4.0]}}}, ["unknown key 'loss.gamma' for loss 'bce'; allowed: name"]),
+        (
+            {"parameters": {"loss.gamma": {"float": [0.5, 4.0]}}},
+            ["unknown key 'loss.gamma' for loss 'bce'; allowed: name"],
+        ),
         (
             {
                 "parameters": {
