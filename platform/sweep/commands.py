@@ -266,8 +266,9 @@ def add_subparsers(sub: Any) -> None:
     s.add_argument(
         "--set",
         action="append",
-        metavar="KEY=VALUE",
-        help="override a spec key, e.g. budget.trials=4, base.optim.lr=0.01, storage=s3://b/p",
+        metavar="PATH=VALUE",
+        help="override one value of the sweep spec: a dotted PATH into its YAML and a YAML "
+        "VALUE, e.g. budget.trials=4, base.optim.lr=1e-3, storage=s3://b/p (repeatable)",
     )
     s.add_argument(
         "--profile",
