@@ -99,11 +99,11 @@ class MultiscaleCAM(Method):
         fc_drop: float = 0.0,
     ) -> None:
         super().__init__(num_classes, criterion)
-        if not float(temperature) > 0:
+        if not temperature > 0:
             raise ConfigError(f"multiscale_cam temperature must be > 0, got {temperature!r}")
-        self.in_chans = int(in_chans)
+        self.in_chans = in_chans
         self.stages = parse_stages(stages)
-        self.temperature = float(temperature)
+        self.temperature = temperature
         self.backbone = build_backbone(
             backbone, self.in_chans, pretrained, self.stages, output_stride, "multiscale_cam"
         )
@@ -124,7 +124,7 @@ class MultiscaleCAM(Method):
             for c in chans
         )
         beta = torch.zeros(self.num_classes, len(chans))
-        beta[:, -1] = float(relevance_init_deep)
+        beta[:, -1] = relevance_init_deep
         self.beta = nn.Parameter(beta)
 
     def relevance(self) -> torch.Tensor:

@@ -55,7 +55,7 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
 from ..config import LOC_SPLIT_CHOICES, RunConfig, config_from_dict, dump_config
-from ..errors import ConfigError, DataError, TrainingError
+from ..errors import ConfigError, DataError, TrainingError, refuse_test_split
 from ..fileio import atomic_write, atomic_write_text
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -219,12 +219,7 @@ def _has_loc_labels(info: DatasetInfo) -> bool:
 
 
 def _check_loc_split_name(split: str) -> None:
-    if split.lower().startswith("test"):
-        raise ConfigError(
-            f"eval.loc_split = {split!r}: a test split is reachable only through "
-            "`lesionsweep evaluate` (lesionsweep.training.evaluate), never during training or "
-            "a sweep; use 'val-loc', 'auto' or 'none'"
-        )
+    refuse_test_split(split, "eval.loc_split")
 
 
 def resolve_loc_split(cfg: RunConfig, eval_info: DatasetInfo) -> str | None:
