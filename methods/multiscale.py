@@ -91,12 +91,12 @@ class MultiscaleCAM(Method):
         relevance_init_deep: float = 0.0,
         output_stride: int | None = None,
         pooling: PoolingName = "gap",
-        lse_r: float = 10.0,
-        wildcat_kmax: float = 0.1,
-        wildcat_kmin: float = 0.0,
-        wildcat_alpha: float = 0.0,
-        fc_bn: bool = False,
-        fc_drop: float = 0.0,
+        lse_r: float | None = None,
+        wildcat_kmax: float | None = None,
+        wildcat_kmin: float | None = None,
+        wildcat_alpha: float | None = None,
+        fc_bn: bool | None = None,
+        fc_drop: float | None = None,
     ) -> None:
         super().__init__(num_classes, criterion)
         if not temperature > 0:

@@ -175,7 +175,7 @@ def test_real_entry_point_bad_input_exits_2_with_one_line(
         (
             {"run.yaml": "method: {name: cam, pooling: lse, lse_r: big}\n"},
             ["train", "run.yaml"],
-            "run.yaml: method.lse_r = 'big': expected a number (float) for method 'cam'",
+            "run.yaml: method.lse_r = 'big': expected a number (float) or null for method 'cam'",
         ),
         (
             {},

@@ -266,7 +266,7 @@ def test_lse_r_string_names_file_key_value_and_type(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert str(e.value) == (
-        f"{p}: method.lse_r = 'big': expected a number (float) for method 'cam'"
+        f"{p}: method.lse_r = 'big': expected a number (float) or null for method 'cam'"
     )
 
 
@@ -339,3 +339,16 @@ def test_dataset_names_are_declared_once() -> None:
     from lesionsweep.data.factory import DATASETS
 
     assert DATASETS.names() == sorted(typing.get_args(DatasetName))
+
+
+def test_pooling_defaults_live_only_in_the_pooling_constructors() -> None:
+    import inspect
+
+    from lesionsweep.methods import METHODS, POOLINGS, create_method
+
+    r_default = inspect.signature(POOLINGS.get("lse")).parameters["r"].default
+    for name in ("cam", "multiscale_cam"):
+        assert METHODS.defaults(name)["lse_r"] is None  # "use the pooling's default"
+        m = create_method(name, 2, backbone="test_resnet", pooling="lse")
+        pools = getattr(m, "pools", None) or [m.pool]
+        assert all(p.r == r_default for p in pools)

@@ -123,7 +123,7 @@ def test_representative_draws_cover_every_choice(tmp_path: Path) -> None:
         ),
         (
             {"parameters": {"method.lse_r": {"choice": ["big"]}}},
-            ["parameter method.lse_r = 'big': expected a number (float) for method 'cam'"],
+            ["parameter method.lse_r = 'big': expected a number (float) or null for method 'cam'"],
         ),
         (
             {"parameters": {"train.epochs": {"float": [1.0, 3.5]}}},
