@@ -4,7 +4,6 @@ DDP (2 real gloo processes), and a slow per-method "learns to localize" check.""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 import time
