@@ -103,7 +103,7 @@ def _set_name(name: str, cls: type[Method]) -> None:
 
 
 #: the method registry (see :class:`~lesionsweep.methods.registry.Registry` for its contract)
-METHODS: Registry[type[Method]] = Registry(
+METHODS: Registry[Method] = Registry(
     "method", base=Method, reserved=("num_classes", "criterion"), on_register=_set_name
 )
 _REGISTRY = METHODS  # the name tests use to drop throw-away methods

@@ -29,7 +29,7 @@ from torch import nn
 from .registry import Registry
 
 #: the loss registry (see :class:`~lesionsweep.methods.registry.Registry` for its contract)
-LOSSES: Registry[type[nn.Module]] = Registry("loss", base=nn.Module, plural="losses")
+LOSSES: Registry[nn.Module] = Registry("loss", base=nn.Module, plural="losses")
 
 L = TypeVar("L", bound=type[nn.Module])
 

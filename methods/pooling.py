@@ -273,7 +273,7 @@ class WildcatPool(Pooling):
 
 #: the pooling registry (see :class:`~lesionsweep.methods.registry.Registry` for its contract);
 #: also the enumeration of a method's ``pooling`` argument (``Annotated[str, POOLINGS]``)
-POOLINGS: Registry[type[Pooling]] = Registry("pooling", base=Pooling)
+POOLINGS: Registry[Pooling] = Registry("pooling", base=Pooling)
 POOLINGS.add("gap", GlobalAvgPool)
 POOLINGS.add("gmp", GlobalMaxPool)
 POOLINGS.add("lse", LSEPool)

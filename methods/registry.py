@@ -41,6 +41,9 @@ C = TypeVar("C")
 class Registry(Generic[T]):
     """Name → component class for one family (``kind``: "method", "loss", "pooling"...).
 
+    ``T`` is the type of the built components (``Registry[Method]`` holds ``type[Method]``
+    entries and :meth:`create` returns a ``Method``).
+
     Args:
         kind: what the components are, for messages ("method").
         plural: the plural of ``kind`` (default ``kind + "s"``).
@@ -64,7 +67,7 @@ class Registry(Generic[T]):
         self.base = base
         self.reserved = ("self", *reserved)
         self._on_register = on_register
-        self._entries: dict[str, T] = {}
+        self._entries: dict[str, type[T]] = {}
 
     # --- registration -------------------------------------------------------------------------
 
@@ -72,12 +75,12 @@ class Registry(Generic[T]):
         """Class decorator registering the class under ``name`` (duplicates are refused)."""
 
         def deco(obj: C) -> C:
-            self.add(name, obj)  # type: ignore[arg-type]
+            self.add(name, obj)  # type: ignore[arg-type]  # C is a type[T]
             return obj
 
         return deco
 
-    def add(self, name: str, obj: T) -> None:
+    def add(self, name: str, obj: type[T]) -> None:
         """Register ``obj`` under ``name``.
 
         Raises:
@@ -108,7 +111,7 @@ class Registry(Generic[T]):
         """Sorted registered names."""
         return sorted(self._entries)
 
-    def get(self, name: str) -> T:
+    def get(self, name: str) -> type[T]:
         """The component registered under ``name``.
 
         Raises:
@@ -125,7 +128,7 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
-    def __getitem__(self, name: str) -> T:
+    def __getitem__(self, name: str) -> type[T]:
         return self._entries[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -141,7 +144,7 @@ class Registry(Generic[T]):
 
     def _init(self, name: str) -> Callable[..., Any]:
         obj: Any = self.get(name)
-        return obj.__init__ if isinstance(obj, type) else obj
+        return obj.__init__ if isinstance(obj, type) else obj  # type: ignore[misc]
 
     def params(self, name: str) -> dict[str, inspect.Parameter]:
         """Keyword parameters of ``name``'s constructor (``reserved`` and ``*args`` left out)."""
@@ -181,5 +184,4 @@ class Registry(Generic[T]):
     def create(self, name: str, /, **kwargs: Any) -> T:
         """Build ``name`` with ``kwargs`` (unknown ones: ``TypeError`` listing the allowed)."""
         self.check_kwargs(name, kwargs, extra=tuple(k for k in self.reserved if k != "self"))
-        obj: Any = self.get(name)
-        return obj(**kwargs)
+        return self.get(name)(**kwargs)
