@@ -70,6 +70,7 @@ from ..config import (
 )
 from ..errors import ConfigError, check_keys
 from ..values import Range, convert, parse_yaml_mapping, read_yaml
+from .samplers import MULTI_OBJECTIVE, SAMPLERS
 from .spaces import (
     TOP_KEYS as SPACE_KEYS,
 )
@@ -103,8 +104,8 @@ __all__ = [
     "DEMO_SPEC_YAML",
 ]
 
-SEARCHERS = ("tpe", "random", "grid", "cmaes", "gp", "nsga2", "qmc")
-_MULTI_OBJECTIVE_SEARCHERS = ("tpe", "random", "grid", "gp", "nsga2", "qmc")
+SEARCHERS = tuple(SAMPLERS.names())
+_MULTI_OBJECTIVE_SEARCHERS = MULTI_OBJECTIVE
 
 _TOP = (
     "name",
@@ -535,6 +536,14 @@ def spec_from_dict(
         )
     if "seed" in s_opts:
         raise ConfigError(f"{source}: searcher.seed: set the spec's top-level seed instead")
+    check_keys(
+        s_opts,
+        SAMPLERS.params(s_name),
+        source,
+        what="option",
+        prefix="searcher.",
+        owner=f"optuna's {SAMPLERS.get(s_name).__name__}",
+    )
     searcher = SearcherSpec(s_name, s_opts)
 
     # early stopping

@@ -107,6 +107,10 @@ def test_base_pins_a_searched_parameter(tmp_path: Path) -> None:
         ({"searcher": "bayes"}, ["searcher", "bayes", "tpe"]),
         ({"searcher": {"name": "tpe", "seed": 3}}, ["searcher.seed"]),
         (
+            {"searcher": {"name": "tpe", "n_startup_trails": 3}},
+            ["unknown option 'searcher.n_startup_trails' for optuna's TPESampler; allowed:"],
+        ),
+        (
             {
                 "objective": {"metrics": ["val/a", "val/b"], "modes": ["max", "min"]},
                 "searcher": "cmaes",
