@@ -88,6 +88,8 @@ class OptimConfig:
     Attributes:
         name: ``adam``, ``adamw`` or ``sgd``.
         lr, weight_decay, momentum, nesterov: optimiser settings (momentum/nesterov for SGD).
+            ``lr`` must be > 0 and has no upper bound: a diverging rate is a legitimate result
+            of a search and fails its trial at the first non-finite loss.
         schedule: ``none``, ``step``, ``cosine`` or ``plateau``.
         step_size, gamma: StepLR (epochs, factor).
         patience, factor: ReduceLROnPlateau on the validation loss.
@@ -95,7 +97,7 @@ class OptimConfig:
     """
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: Annotated[float, Range(0, 10)] = 1e-3
+    lr: Annotated[float, Range(0, None)] = 1e-3
     weight_decay: Annotated[float, Range(0, 10)] = 0.0
     momentum: Annotated[float, Range(0, 1)] = 0.9
     nesterov: bool = False

@@ -93,7 +93,7 @@ def test_unknown_loss_kwarg_and_names(tmp_path: Path) -> None:
         ("train", "amp", "yes", r"train\.amp = 'yes': expected true or false"),
         ("optim", "lr", "fast", r"optim\.lr = 'fast': expected a number \(float\)"),
         ("optim", "lr", float("nan"), r"optim\.lr = nan: expected a number \(float\)"),
-        ("optim", "lr", -1.0, r"optim\.lr = -1\.0 is out of range; allowed: \[0, 10\]"),
+        ("optim", "lr", -1.0, r"optim\.lr = -1\.0 is out of range; allowed: \[0, inf\]"),
         ("optim", "lr", 0.0, r"optim\.lr must be > 0"),
         ("train", "in_chans", 2, r"train\.in_chans = 2 is not allowed; choose one of: 1, 3"),
         ("train", "batch_size", 0, r"train\.batch_size = 0 is out of range; allowed: \[1, 65536\]"),
@@ -285,7 +285,6 @@ def test_pooling_typo_lists_the_registered_poolings(tmp_path: Path) -> None:
         ("train.epochs", 1_000_000_000, "[1, 10000]"),
         ("train.batch_size", 10**7, "[1, 65536]"),
         ("data.image_size", 100_000, "[16, 4096]"),
-        ("optim.lr", 1e6, "[0, 10]"),
     ],
 )
 def test_absurd_values_are_refused_with_the_bounds(
