@@ -4,8 +4,20 @@ A run config is nested YAML with the sections ``method``, ``loss``, ``data``, ``
 ``train`` and ``eval``. ``method`` and ``loss`` carry a ``name`` plus that component's own
 keyword arguments, validated against the component's constructor; the other sections map onto
 the dataclasses below field by field. Any unknown key is a :class:`ConfigError` naming the file,
-the key and the allowed keys. A sweep's flat sampled dict (``{"method.pooling": "lse",
-"optim.lr": 1e-3}``) becomes a config through :func:`config_from_flat`.
+the key and the allowed keys.
+
+Every value is converted once, here, to its declared type by :func:`lesionsweep.values.convert`:
+the dataclass field annotations below (``Literal`` for enumerations, ``Annotated[..., Range]``
+for bounds) and, for ``method``/``loss``, the registered constructor's annotations
+(:meth:`Registry.hints`). Bounds on absurd values: ``train.epochs`` 1..10,000,
+``train.batch_size`` and ``eval.batch_size`` 1..65,536, ``data.image_size`` 16..4,096 px,
+``data.num_workers`` 0..256, ``train.log_images`` 0..1,024, ``optim.lr`` > 0 (no upper bound),
+``optim.momentum``/``gamma``/``factor`` in [0, 1]. A config that names a method must give an
+image size that is a multiple of the method's ``input_multiple`` (PYLON: 256). An empty file,
+a binary file or a top level that is not a mapping is refused.
+
+A sweep's flat sampled dict (``{"method.pooling": "lse", "optim.lr": 1e-3}``) becomes a config
+through :func:`config_from_flat`.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..values import read_yaml
 from .export import SPEC_FILE, Exported, export_sweep
 from .spec import SweepSpec, load_spec, parse_overrides, spec_from_dict
 from .storage import SweepLocation
@@ -103,9 +104,7 @@ def profile_overrides(profile: str) -> dict[str, Any]:
     from lesionsweep.cluster import profile_path
 
     p = profile_path(profile)
-    raw = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{p}: a resource profile must be a mapping of spec keys")
+    raw = read_yaml(p, "resource profile", hint="spec keys such as resources, concurrency")
     out: dict[str, Any] = {}
     for k, v in raw.items():
         if k in ("base", "resources", "budget", "data") and isinstance(v, Mapping):
