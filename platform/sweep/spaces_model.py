@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from .spaces_distributions import (
     Const,
     Distribution,
+    IntRange,
     Suggester,
     column_type,
     is_number,
@@ -70,6 +71,38 @@ class SearchSpace:
     base: Mapping[str, Any] = field(default_factory=dict)
     params: tuple[Param, ...] = ()
     source: str = "<space>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-able dict in the space file format (what :func:`load_space` reads)."""
+        params: dict[str, Any] = {}
+        for p in self.params:
+            d = p.dist
+            body: dict[str, Any]
+            if isinstance(d, Const):
+                body = {"const": _plain(d.value)}
+            elif isinstance(d, IntRange):
+                body = {"int": [d.low, d.high]}
+                if d.log:
+                    body["log"] = True
+                if d.step != 1:
+                    body["step"] = d.step
+            elif hasattr(d, "values"):
+                body = {"choice": list(d.values)}
+            else:
+                body = {"float": [d.low, d.high]}
+                if d.log:
+                    body["log"] = True
+                if d.step is not None:
+                    body["step"] = d.step
+            if p.when:
+                body["when"] = {k: list(v) for k, v in p.when}
+            params[p.key] = body
+        return {
+            "name": self.name,
+            "description": self.description,
+            "base": _plain(self.base),
+            "parameters": params,
+        }
 
     def keys(self) -> list[str]:
         return [p.key for p in self.params]
@@ -242,3 +275,11 @@ class SpaceSet:
             for k in self.pins:
                 out.pop(self.prefix(s.name) + k, None)
         return out
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x

@@ -46,10 +46,8 @@ The test split is never reachable from a sweep: ``eval.split`` may not name a te
 (:func:`lesionsweep.config.config_from_dict` refuses it) and the sweep never calls
 ``lesionsweep evaluate``.
 
-Overrides (``--set PATH=VALUE``, the same convention as every command) are dotted paths into
-this YAML with YAML values: ``budget.trials=4``,
-``objective.metric=val/pxap``, ``base.optim.lr=0.01``, ``data.options.num_train=32``,
-``spaces=[cam,pylon]``.
+Overrides (``--set PATH=VALUE``, as for every command) are dotted paths into this YAML with
+YAML values: ``budget.trials=4``, ``base.optim.lr=1e-3``, ``spaces=[cam,pylon]``.
 """
 
 from __future__ import annotations
@@ -61,19 +59,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from ..config import (
-    SECTIONS,
     RunConfig,
     TrainConfig,
     config_from_flat,
-    convert_key,
     parse_overrides,
 )
 from ..errors import ConfigError, check_keys
 from ..values import Range, convert, parse_yaml_mapping, read_yaml
 from .samplers import MULTI_OBJECTIVE, SAMPLERS
-from .spaces import (
-    TOP_KEYS as SPACE_KEYS,
-)
 from .spaces import (
     Const,
     IntRange,
@@ -83,10 +76,18 @@ from .spaces import (
     space_from_dict,
     validate_space,
 )
+from .spec_input import (
+    apply_overrides as _apply_overrides,
+)
+from .spec_input import (
+    check_dataset_roots,
+    check_storage,
+    flat_data,
+    refuse_space_as_spec,
+    refuse_space_base_conflicts,
+    typed_settings,
+)
 from .storage import SweepLocation, is_uri
-
-#: storage URI schemes ``pyarrow.fs.FileSystem.from_uri`` understands (besides local paths)
-STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 
 __all__ = [
     "Objective",
@@ -261,7 +262,7 @@ class SweepSpec:
             "description": self.description,
             "data": _plain(self.data),
             "base": _plain(self.base),
-            "spaces": [_space_to_dict(s) for s in self.spaces.spaces],
+            "spaces": [s.to_dict() for s in self.spaces.spaces],
             "space_selection": self.spaces.selection,
             "objective": {
                 "metrics": list(self.objective.metrics),
@@ -293,78 +294,6 @@ def _plain(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x
-
-
-def _space_to_dict(s: SearchSpace) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for p in s.params:
-        d = p.dist
-        body: dict[str, Any]
-        if isinstance(d, Const):
-            body = {"const": _plain(d.value)}
-        elif isinstance(d, IntRange):
-            body = {"int": [d.low, d.high]}
-            if d.log:
-                body["log"] = True
-            if d.step != 1:
-                body["step"] = d.step
-        elif hasattr(d, "values"):
-            body = {"choice": list(d.values)}
-        else:
-            body = {"float": [d.low, d.high]}
-            if d.log:
-                body["log"] = True
-            if d.step is not None:
-                body["step"] = d.step
-        if p.when:
-            body["when"] = {k: list(v) for k, v in p.when}
-        params[p.key] = body
-    return {
-        "name": s.name,
-        "description": s.description,
-        "base": _plain(s.base),
-        "parameters": params,
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Overrides
-# ---------------------------------------------------------------------------------------------
-
-
-def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any], source: str) -> dict:
-    """Apply ``dotted.path`` overrides onto a parsed spec (a copy).
-
-    ``base.<section.key>`` sets one flat base key; ``data.options.<opt>`` one data option;
-    other paths descend into mappings (``budget.trials``).
-    """
-    out = _plain(dict(raw))
-    for key, value in overrides.items():
-        head, _, rest = key.partition(".")
-        check_keys([head], _TOP, f"{source}: override {key!r}")
-        if not rest:
-            out[head] = value
-            continue
-        if head == "base":
-            body = out.get("base") or {}
-            body[rest] = value
-            out["base"] = body
-            continue
-        node = out.get(head)
-        if isinstance(node, str) and head in ("searcher", "early_stopping"):
-            node = {"name": node} if head == "searcher" else {"scheduler": node}
-        if node is None:
-            node = {}
-        if not isinstance(node, dict):
-            raise ConfigError(f"{source}: override {key!r}: {head!r} is not a mapping")
-        out[head] = node
-        parts = rest.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{source}: override {key!r}: {part!r} is not a mapping")
-        node[parts[-1]] = value
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,23 +344,13 @@ def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = Non
         fp = Path(path)
         p, base_dir = str(fp), fp.parent
         raw = read_yaml(fp, "sweep spec", hint)
-    _refuse_space_as_spec(raw, p)
+    refuse_space_as_spec(raw, p)
     if overrides:
         raw = apply_overrides(raw, overrides, p)
     raw = dict(raw)
     if path is not None:
         raw.setdefault("name", Path(path).stem)
     return spec_from_dict(raw, source=p, base_dir=base_dir)
-
-
-def _refuse_space_as_spec(raw: Mapping[str, Any], source: str) -> None:
-    """A search space given where a spec is expected: say how to use it."""
-    if "parameters" in raw and "spaces" not in raw and set(raw) <= set(SPACE_KEYS):
-        raise ConfigError(
-            f"{source}: this is a search space, not a sweep spec; list it in a spec's `spaces:` "
-            f"(spaces: [{source}]), or run it with the demo settings: "
-            f"lesionsweep sweep --set spaces=[{source}]"
-        )
 
 
 def _check_keys(body: Any, allowed: Sequence[str], where: str) -> dict[str, Any]:
@@ -456,16 +375,9 @@ def _num(v: Any, where: str, low: float, strict: bool = False) -> float:
     return out
 
 
-def _check_storage(storage: str, source: str) -> None:
-    """A storage URI must use a scheme pyarrow's filesystems understand."""
-    if "://" not in storage:
-        return
-    scheme = storage.split("://", 1)[0].lower()
-    if scheme not in STORAGE_SCHEMES:
-        raise ConfigError(
-            f"{source}: storage = {storage!r}: unsupported URI scheme {scheme!r}; use a local "
-            f"folder or one of: {', '.join(s + '://' for s in STORAGE_SCHEMES)}"
-        )
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any], source: str) -> dict:
+    """Apply ``--set`` overrides (``budget.trials``, ``base.optim.lr``) onto a parsed spec."""
+    return _apply_overrides(raw, overrides, source, _TOP)
 
 
 def _mode(v: Any, where: str) -> str:
@@ -618,7 +530,7 @@ def spec_from_dict(
     storage = raw.get("storage", "sweeps")
     if not isinstance(storage, str) or not storage:
         raise ConfigError(f"{source}: storage must be a folder path or a URI, got {storage!r}")
-    _check_storage(storage, source)
+    check_storage(storage, source)
     if not is_uri(storage):
         storage = str(SweepLocation.of(storage, name).storage)
 
@@ -642,15 +554,15 @@ def spec_from_dict(
             f"{source}: space_selection {selection!r} is not allowed; "
             "choose one of: round_robin, searched"
         )
-    data, base = _typed_settings(data, base, spaces, source)
-    _refuse_space_base_conflicts(data, spaces, source)
+    data, base = typed_settings(data, base, spaces, source)
+    refuse_space_base_conflicts(data, spaces, source)
     context = _context(data, base, seed)
-    settings = {**_flat_data(data), **base}
+    settings = {**flat_data(data), **base}
     pins = {k: v for k, v in settings.items() if any(k in s.keys() for s in spaces)}
     space_set = SpaceSet(tuple(spaces), selection=selection, pins=pins)
     for s in spaces:
         validate_space(s, context=context, pins=pins)
-    _check_dataset_roots(context, spaces, pins, source)
+    check_dataset_roots(context, spaces, pins, source)
     if searcher.name == "grid":
         space_set.grid()  # raises for ranges without a grid
     spec = SweepSpec(
@@ -678,102 +590,6 @@ def spec_from_dict(
                 f"length max_t = {max_t} epochs"
             )
     return spec
-
-
-def _flat_data(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The spec's ``data`` section as flat keys (``data.options.<opt>`` one by one)."""
-    flat: dict[str, Any] = {}
-    for k, v in data.items():
-        if k == "options" and isinstance(v, Mapping):
-            flat.update({f"data.options.{o}": ov for o, ov in v.items()})
-        else:
-            flat[f"data.{k}"] = v
-    return flat
-
-
-def _typed_settings(
-    data: Mapping[str, Any], base: Mapping[str, Any], spaces: Sequence[SearchSpace], source: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The spec's ``data`` and ``base`` values converted to their declared types (once).
-
-    A ``method.*`` / ``loss.*`` key takes the type the first method / loss that can reach it
-    declares (the spec's ``base`` name, else the spaces' names); keys nobody declares are left
-    for :func:`validate_space` to report.
-    """
-    typed_data = {k: convert_key("data", k, v, source) for k, v in data.items()}
-    names: dict[str, list[Any]] = {}
-    for sec in ("method", "loss"):
-        found: list[Any] = [base[f"{sec}.name"]] if f"{sec}.name" in base else []
-        for sp in spaces:
-            found += [sp.base[f"{sec}.name"]] if f"{sec}.name" in sp.base else []
-            for p in sp.params:
-                if p.key == f"{sec}.name":
-                    found += list(p.dist.representatives())
-        names[sec] = found or (["cam"] if sec == "method" else ["bce"])
-    typed_base: dict[str, Any] = {}
-    for key, value in base.items():
-        sec, name = key.split(".", 1)
-        typed_base[key] = value
-        if sec in ("method", "loss") and name != "name":
-            for component in names[sec]:
-                try:
-                    typed_base[key] = convert_key(sec, name, value, source, component, "base")
-                    break
-                except ConfigError:
-                    continue
-        elif sec in SECTIONS:
-            typed_base[key] = convert_key(sec, name, value, source, role="base")
-    return typed_data, typed_base
-
-
-def _refuse_space_base_conflicts(
-    data: Mapping[str, Any], spaces: Sequence[SearchSpace], source: str
-) -> None:
-    """A spec ``data`` value may not silently replace a space's own ``base`` value."""
-    for key, value in _flat_data(data).items():
-        for sp in spaces:
-            if key in sp.base and sp.base[key] != value:
-                raise ConfigError(
-                    f"{source}: {key} = {value!r} in the spec's data contradicts space "
-                    f"{sp.name!r} ({sp.source}), whose base sets {key} = {sp.base[key]!r}; "
-                    f"remove one of them, or override the space on purpose with "
-                    f"base: {{{key}: {value!r}}}"
-                )
-
-
-def _check_dataset_roots(
-    context: Mapping[str, Any],
-    spaces: Sequence[SearchSpace],
-    pins: Mapping[str, Any],
-    source: str,
-) -> None:
-    """Every non-synthetic dataset a trial can read has an existing ``data.root`` (or a cache).
-
-    Checked on the machine that launches the sweep, which for a cluster must see the same
-    shared filesystem as the workers.
-    """
-    for sp in spaces:
-        flat = {**sp.base, **context, **pins}
-        datasets = [flat.get("data.dataset", "phantom")]
-        for p in sp.params:
-            if p.key == "data.dataset" and p.key not in pins:
-                datasets = list(p.dist.grid()) if hasattr(p.dist, "values") else datasets
-        if flat.get("data.cache"):
-            continue
-        root = flat.get("data.root")
-        for ds in datasets:
-            if ds == "phantom":
-                continue
-            if not root:
-                raise ConfigError(
-                    f"{source}: space {sp.name!r} can train on dataset {ds!r} but no data.root "
-                    "is set; give data: {root: /path/to/the/dataset} (or data.cache)"
-                )
-            if not Path(str(root)).expanduser().is_dir():
-                raise ConfigError(
-                    f"{source}: data.root = {root!r} for dataset {ds!r} does not exist on this "
-                    "machine; give the folder with the dataset's official files"
-                )
 
 
 def build_trial_config(spec: SweepSpec, space_name: str, params: Mapping[str, Any]) -> RunConfig:
