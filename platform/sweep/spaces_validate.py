@@ -126,7 +126,11 @@ def _check_sizes_for_methods(
     """Every image size reachable with each reachable method fits the method's input_multiple."""
     key = "data.image_size"
     fallback = context.get(key, space.base.get(key, DataConfig.image_size))
-    origin = "the spec" if key in context else ("base" if key in space.base else "the default")
+    origin = (
+        "set by the spec"
+        if key in context
+        else ("the space's base" if key in space.base else "the run-config default")
+    )
     param = next((p for p in space.params if p.key == key), None)
     for m in methods:
         mult = int(getattr(METHODS.get(m), "input_multiple", 1) or 1)
