@@ -351,3 +351,28 @@ def test_pooling_defaults_live_only_in_the_pooling_constructors() -> None:
         m = create_method(name, 2, backbone="test_resnet", pooling="lse")
         pools = getattr(m, "pools", None) or [m.pool]
         assert all(p.r == r_default for p in pools)
+
+
+def _registries() -> list[object]:
+    from lesionsweep.data.factory import DATASETS
+    from lesionsweep.methods import LOSSES, METHODS, POOLINGS
+    from lesionsweep.sweep.samplers import SAMPLERS
+
+    return [METHODS, LOSSES, POOLINGS, DATASETS, SAMPLERS]
+
+
+@pytest.mark.parametrize("registry", _registries(), ids=lambda r: r.kind)
+def test_one_registry_contract_for_every_family(registry: object) -> None:
+    from lesionsweep.errors import UnknownNameError
+
+    names = registry.names()
+    assert names == sorted(names) and len(names) >= 2
+    first = registry.get(names[0])
+    with pytest.raises(
+        ValueError, match=f"{registry.kind} name '{names[0]}' is already registered"
+    ):
+        registry.add(names[0], first)
+    with pytest.raises(UnknownNameError, match=f"unknown {registry.kind} 'nope'; registered") as e:
+        registry.get("nope")
+    assert isinstance(e.value, KeyError) and isinstance(e.value, ConfigError)
+    assert ", ".join(names) in str(e.value)
