@@ -190,6 +190,7 @@ def _write_split(
         "num_boxes": int(flat.shape[0]),
         "has_boxes": info.has_boxes,
         "has_masks": info.has_masks,
+        "loc_classes": None if info.loc_classes is None else list(info.loc_classes),
         "skipped": skipped,
     }
 
@@ -388,6 +389,12 @@ class CachedDataset(Dataset[Sample]):
             has_boxes=bool(meta["has_boxes"]),
             has_masks=bool(meta["has_masks"]),
             image_size=self.size,
+            # optional (absent in older caches: every class localized)
+            loc_classes=(
+                None
+                if meta.get("loc_classes") is None
+                else tuple(c for c in names if c in meta["loc_classes"])
+            ),
         )
         self.skipped = [tuple(x) for x in meta.get("skipped", [])]
         self._n = int(meta["num_items"])

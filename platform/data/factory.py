@@ -15,12 +15,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from lesionsweep.methods.registry import Registry
-from torch.utils.data import Dataset
 
 from ..config import DataConfig, DatasetName
 from ..errors import DataError
 from .base import SPLITS
-from .types import Sample
+from .types import SplitDataset
 
 #: dataset name -> (module, class) of its loader, imported on first use. The names are the ones
 #: :data:`lesionsweep.config.DatasetName` declares (a test checks they agree).
@@ -64,7 +63,7 @@ def _plain(options: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _plain(v) if isinstance(v, Mapping) else v for k, v in dict(options).items()}
 
 
-def build_source_dataset(cfg: DataConfig, split: str) -> Dataset[Sample]:
+def build_source_dataset(cfg: DataConfig, split: str) -> SplitDataset:
     """Build ``split`` of ``cfg.dataset`` from the original files (never from a cache)."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; splits are: {', '.join(SPLITS)}")
@@ -100,7 +99,7 @@ def build_source_dataset(cfg: DataConfig, split: str) -> Dataset[Sample]:
     )
 
 
-def build_dataset(cfg: DataConfig, split: str) -> Dataset[Sample]:
+def build_dataset(cfg: DataConfig, split: str) -> SplitDataset:
     """Build one split of the dataset a :class:`DataConfig` describes.
 
     Args:

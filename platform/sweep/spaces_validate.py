@@ -146,8 +146,8 @@ def _check_sizes_for_methods(
                     f"range with step {mult}"
                 )
             sizes = [(v, f"parameter {param.dist.describe()}") for v in values]
-            if param.when:  # the parameter can be inactive: the fallback is reachable too
-                sizes.append((fallback, origin))
+            if any(ref != "method.name" for ref, _ in param.when):
+                sizes.append((fallback, origin))  # it can be inactive: the fallback is reachable
         else:
             sizes = [(fallback, origin)]
         for size, why in sizes:

@@ -30,8 +30,10 @@ Precedence for each trial's run config, lowest first: code defaults < the space'
 the spec's ``data`` < the spec's ``base`` < the drawn parameters. Two rules keep this from
 being silent:
 
-* a spec ``data`` or ``base`` key that a space also searches *pins* that parameter (it takes the
-  spec value; conditions still see it);
+* a spec ``base`` key that a space also searches *pins* that parameter (it takes the spec
+  value; conditions still see it); a spec ``data`` value is a default that a space's parameter
+  of the same key overrides (a space may give PYLON 256 px while the other methods keep the
+  spec's size);
 * a spec ``data`` value that contradicts a space's own ``base`` (e.g. ``data.image_size: 128``
   against the PYLON space's ``data.image_size: 256``) is an error: a space's ``base`` states what
   its method needs. To override it deliberately, set the key in the spec's ``base``
@@ -82,7 +84,6 @@ from .spec_input import (
 from .spec_input import (
     check_dataset_roots,
     check_storage,
-    flat_data,
     refuse_space_as_spec,
     refuse_space_base_conflicts,
     typed_settings,
@@ -557,8 +558,7 @@ def spec_from_dict(
     data, base = typed_settings(data, base, spaces, source)
     refuse_space_base_conflicts(data, spaces, source)
     context = _context(data, base, seed)
-    settings = {**flat_data(data), **base}
-    pins = {k: v for k, v in settings.items() if any(k in s.keys() for s in spaces)}
+    pins = {k: v for k, v in base.items() if any(k in s.keys() for s in spaces)}
     space_set = SpaceSet(tuple(spaces), selection=selection, pins=pins)
     for s in spaces:
         validate_space(s, context=context, pins=pins)

@@ -22,6 +22,9 @@ from .runtime import (
 from .tensorboard import OverlayItem, TensorBoardLogger, render_strip
 from .trainer import EpochReport, Trainer, TrainResult, run_training
 
+# the shipped staged runners register themselves (after the trainer they build on)
+from . import wsmis  # noqa: E402,F401  isort: skip
+
 __all__ = [
     "EpochReport",
     "LRSchedule",

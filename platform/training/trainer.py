@@ -45,9 +45,9 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -55,8 +55,13 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
 from ..config import LOC_SPLIT_CHOICES, RunConfig, config_from_dict, dump_config
+from ..data import available_splits, build_dataset
+from ..data.cache import read_manifest
+from ..data.types import DatasetInfo
 from ..errors import ConfigError, DataError, TrainingError, refuse_test_split
 from ..fileio import atomic_write, atomic_write_text
+from ..methods import method_class
+from ..metrics import LocalizationSuite
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
@@ -67,6 +72,8 @@ from .checkpoint import (
 )
 from .evaluate import evaluate_model, json_safe
 from .optim import LRSchedule, build_optimizer
+from .reports import EpochReport, TrainResult
+from .runners import runner_for
 from .runtime import (
     autocast_dtype,
     build_method,
@@ -78,9 +85,6 @@ from .runtime import (
     seed_everything,
 )
 from .tensorboard import TensorBoardLogger
-
-if TYPE_CHECKING:
-    from ..data.types import DatasetInfo
 
 __all__ = ["EpochReport", "TrainResult", "Trainer", "resolve_loc_split", "run_training"]
 
@@ -98,47 +102,6 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-@dataclass
-class EpochReport:
-    """What the reporter receives after each epoch.
-
-    Attributes:
-        epoch: 1-based epoch number.
-        metrics: the epoch's flat metrics (see the module docstring); identical on every rank.
-        checkpoint_dir: the folder holding this epoch's ``last.pt`` (and ``best.pt``) on rank 0;
-            ``None`` on other ranks.
-        is_best: this epoch improved ``eval.select_metric``.
-    """
-
-    epoch: int
-    metrics: dict[str, float]
-    checkpoint_dir: Path | None
-    is_best: bool
-
-
-@dataclass
-class TrainResult:
-    """The outcome of :func:`run_training`.
-
-    Attributes:
-        final: metrics of the last epoch.
-        best: metrics of the best epoch (by ``eval.select_metric``).
-        best_epoch: its 1-based number.
-        epochs_run: epochs completed in total (including those before a resume).
-        history: every epoch's metrics, in order.
-        wall_time_s: wall time of this call.
-        out_dir: the run folder.
-    """
-
-    final: dict[str, float]
-    best: dict[str, float]
-    best_epoch: int
-    epochs_run: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    wall_time_s: float = 0.0
-    out_dir: Path = Path(".")
-
-
 Reporter = Callable[[EpochReport], None]
 
 
@@ -152,8 +115,9 @@ def run_training(
 ) -> TrainResult:
     """Train one config and evaluate it on its validation split after every epoch.
 
-    If the method class has a callable ``run_pipeline`` (a multi-stage pipeline), the call is
-    delegated to ``cls.run_pipeline(cfg, out_dir, reporter, resume, progress=progress)``.
+    A method whose class declares a staged runner (``runner = "<name>"`` in the method
+    contract, e.g. the WSMIS pipeline) is run by that runner
+    (:mod:`lesionsweep.training.runners`) with the same arguments.
 
     Args:
         cfg: the run config (``eval.split`` must not be a test split).
@@ -167,15 +131,13 @@ def run_training(
         ConfigError: a bad config value (unknown method kwarg, test split, ...), naming the key.
         TrainingError: a non-finite loss (naming epoch, step and value).
     """
-    from lesionsweep.methods import method_class
-
     try:
         cls = method_class(cfg.method.name)
     except KeyError as e:
         raise ConfigError(f"method.name = {cfg.method.name!r}: {e.args[0]}") from None
-    pipeline = getattr(cls, "run_pipeline", None)
-    if callable(pipeline):
-        return pipeline(cfg, Path(out_dir), reporter, resume, progress=progress)
+    staged = runner_for(cls)
+    if staged is not None:
+        return staged.run_pipeline(cfg, Path(out_dir), reporter, resume, progress=progress)
     return Trainer(cfg, out_dir, progress=progress).fit(reporter=reporter, resume=resume)
 
 
@@ -258,12 +220,8 @@ def resolve_loc_split(cfg: RunConfig, eval_info: DatasetInfo) -> str | None:
     if _has_loc_labels(eval_info) or cfg.eval.split == "val-loc":
         return None
     if cfg.data.cache:
-        from lesionsweep.data.cache import read_manifest
-
         have = tuple(read_manifest(cfg.data.cache)["splits"])
     else:
-        from lesionsweep.data import available_splits
-
         have = available_splits(cfg.data.dataset)
     return "val-loc" if "val-loc" in have else None
 
@@ -376,8 +334,6 @@ class Trainer:
         state: dict[str, Any] | None = self._on_main(read_state, share=True)
 
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
-        from lesionsweep.data import build_dataset
-
         train_ds: Any = self.datasets[0] if self.datasets else build_dataset(cfg.data, "train")
         info = train_ds.info
         model = build_method(cfg, info).to(dev)
@@ -433,8 +389,6 @@ class Trainer:
             return split_info
 
         def setup_validation() -> list[_EvalTarget]:
-            from lesionsweep.metrics import LocalizationSuite
-
             val_ds: Any = (
                 self.datasets[1] if self.datasets else build_dataset(cfg.data, cfg.eval.split)
             )

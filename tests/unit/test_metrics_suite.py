@@ -134,13 +134,15 @@ def test_masks_perfect_and_negative_false_positive() -> None:
     assert r["dice_pooled"] == 1.0 and r["dice_per_image"] == 1.0 and r["pxap"] == 100.0
     assert "point_acc_micro" not in r and "maxboxacc_v2" not in r
 
-    # a 4-pixel false positive on the negative image: per-image Dice of that image drops to 0,
+    # a 4-pixel false positive on the negative image: per-image Dice of that image drops to 0
+    # (only the empty-image convention sees it; the headline averages the two positives),
     # pooled Dice counts it (TP 48, FP 4); PxAP only sees the two GT-positive maps
     probs[2, 0, 0:2, 0:2] = 0.9
     suite.reset()
     suite.accumulate(torch.tensor([[2.0], [1.0], [-1.0]]), probs, batch, "normalized")
     r = suite.compute()
-    assert r["dice_per_image"] == pytest.approx(2 / 3)
+    assert r["dice_per_image"] == 1.0
+    assert r["dice_per_image_with_empty"] == pytest.approx(2 / 3)
     assert r["dice_pooled"] == pytest.approx(96 / 100)
     assert r["pxap"] == 100.0
 

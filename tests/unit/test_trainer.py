@@ -30,6 +30,7 @@ from lesionsweep.training import (
     TrainResult,
     load_checkpoint,
     run_training,
+    runners,
 )
 from torch import nn
 
@@ -310,22 +311,50 @@ def test_missing_dataset_leaves_no_run_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_pipeline_methods_are_delegated(register: Any, tmp_path: Path) -> None:
+def test_staged_methods_are_run_by_their_runner(register: Any, tmp_path: Path) -> None:
     calls: list[tuple[Any, ...]] = []
 
-    class _Pipeline(_NanAt):
+    class _Runner:
         @classmethod
         def run_pipeline(
-            cls, cfg: RunConfig, out_dir: Path, reporter: Any, resume: bool, progress: bool = False
+            cls,
+            cfg: RunConfig,
+            out_dir: Path,
+            reporter: Any = None,
+            resume: bool = True,
+            *,
+            datasets: Any = None,
+            progress: bool = False,
         ) -> Any:
             calls.append((cfg.method.name, out_dir, reporter, resume))
             return "delegated"
 
-    register("_test_pipeline", _Pipeline)
-    cfg = tiny(method={"name": "_test_pipeline"})
-    assert run_training(cfg, tmp_path, reporter=print, resume=False) == "delegated"
-    assert calls == [("_test_pipeline", tmp_path, print, False)]
+        @staticmethod
+        def evaluate_run(run_dir: Any, cfg: RunConfig, split: str, **kw: Any) -> dict[str, float]:
+            return {f"{split}/x": 1.0}
+
+    class _Staged(_NanAt):
+        runner = "_test_runner"
+
+    runners.register_runner("_test_runner", _Runner)
+    register("_test_staged", _Staged)
+    cfg = tiny(method={"name": "_test_staged"})
+    try:
+        assert run_training(cfg, tmp_path, reporter=print, resume=False) == "delegated"
+    finally:
+        runners._RUNNERS.pop("_test_runner", None)
+    assert calls == [("_test_staged", tmp_path, print, False)]
     assert not (tmp_path / "config.yaml").exists()
+
+
+def test_a_method_naming_an_unknown_runner_is_a_config_error(register: Any, tmp_path: Path) -> None:
+    class _Orphan(_NanAt):
+        runner = "_no_such_runner"
+
+    register("_test_orphan", _Orphan)
+    with pytest.raises(ConfigError, match="_no_such_runner"):
+        run_training(tiny(method={"name": "_test_orphan"}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_three_channel_input_and_step_schedule(tmp_path: Path) -> None:
@@ -619,8 +648,8 @@ LEARN: dict[str, dict[str, Any]] = {
 def test_each_method_beats_chance_point_accuracy(name: str, tmp_path: Path) -> None:
     if name.startswith("_test"):
         pytest.skip("test-only method")
-    if callable(getattr(method_class(name), "run_pipeline", None)):
-        pytest.skip("a multi-stage pipeline (run_pipeline): its own tests cover what it learns")
+    if method_class(name).runner is not None:
+        pytest.skip("a multi-stage method (staged runner): its own tests cover what it learns")
     if name not in LEARN:
         pytest.fail(f"method {name!r} has no learning settings in LEARN; add them")
     spec = LEARN[name]
