@@ -137,10 +137,11 @@ def run_sweep(
     Raises:
         ConfigError: invalid spec / spaces, or an existing sweep folder (resume it instead).
     """
-    if overrides is not None and not isinstance(overrides, Mapping):
-        overrides = parse_overrides(list(overrides))
+    given: Mapping[str, Any] = (
+        overrides if isinstance(overrides, Mapping) else parse_overrides(list(overrides or ()))
+    )
     merged: dict[str, Any] = profile_overrides(profile) if profile else {}
-    merged.update(overrides or {})
+    merged.update(given)
     spec = load_spec(spec_path, merged)
     loc = spec.location
     if loc.exists(SPEC_FILE) or loc.exists("tuner.pkl"):
