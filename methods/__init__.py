@@ -6,6 +6,7 @@ Adding a method = one module + one import line below + one search-space YAML.
 from __future__ import annotations
 
 from .base import (
+    METHODS,
     Method,
     MethodOutput,
     create_method,
@@ -14,7 +15,9 @@ from .base import (
     method_params,
     register_method,
 )
-from .losses import create_loss, loss_names, loss_params
+from .losses import LOSSES, create_loss, loss_names, loss_params
+from .pooling import POOLINGS
+from .registry import Registry
 
 # isort: split
 # --- method modules (each registers itself on import) ---
@@ -27,6 +30,10 @@ from . import (  # noqa: F401
 )
 
 __all__ = [
+    "LOSSES",
+    "METHODS",
+    "POOLINGS",
+    "Registry",
     "Method",
     "MethodOutput",
     "create_method",

@@ -11,9 +11,12 @@ Every localization method is an :class:`nn.Module` subclass of :class:`Method` t
   classification criterion (BCE, PCAM's batch-weighted BCE, W-CEL, focal) is a component passed in
   as ``criterion``; methods that change the objective add their own terms.
 
-Methods are registered by name with :func:`register_method` and built with :func:`create_method`,
-which refuses unknown keyword arguments and lists the allowed ones. Defaults live in the
-constructors only.
+Methods are registered by name in :data:`METHODS` (a
+:class:`~lesionsweep.methods.registry.Registry`) with :func:`register_method` and built with
+:func:`create_method`, which refuses unknown keyword arguments and lists the allowed ones.
+Defaults live in the constructors only, and constructors trust their arguments' types: the
+config layer converts YAML values once, from the constructor annotations
+(:meth:`Registry.hints`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,11 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from .losses import LOSSES
+from .registry import Registry
+
 __all__ = [
+    "METHODS",
     "Method",
     "MethodOutput",
     "register_method",
@@ -75,9 +82,7 @@ class Method(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
         self.num_classes = int(num_classes)
         if criterion is None:
-            from .losses import create_loss
-
-            criterion = create_loss("bce")
+            criterion = LOSSES.create("bce")
         self.criterion = criterion
 
     def forward(self, x: torch.Tensor) -> MethodOutput:  # pragma: no cover - abstract
@@ -97,53 +102,38 @@ class Method(nn.Module):
         return output.maps
 
 
-_REGISTRY: dict[str, type[Method]] = {}
+def _set_name(name: str, cls: type[Method]) -> None:
+    cls.name = name
+
+
+#: the method registry (see :class:`~lesionsweep.methods.registry.Registry` for its contract)
+METHODS: Registry[Method] = Registry(
+    "method", base=Method, reserved=("num_classes", "criterion"), on_register=_set_name
+)
+_REGISTRY = METHODS  # the name tests use to drop throw-away methods
 
 M = TypeVar("M", bound=type[Method])
 
 
 def register_method(name: str) -> Callable[[M], M]:
     """Class decorator: register a :class:`Method` under ``name`` (duplicates are refused)."""
-
-    def deco(cls: M) -> M:
-        if name in _REGISTRY:
-            raise ValueError(
-                f"method name {name!r} is already registered by {_REGISTRY[name].__module__}."
-                f"{_REGISTRY[name].__qualname__}"
-            )
-        if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise TypeError(f"{cls!r} registered as {name!r} is not a Method subclass")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return METHODS.register(name)
 
 
 def method_names() -> list[str]:
     """Sorted names of the registered methods."""
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
 def method_class(name: str) -> type[Method]:
-    """The registered class for ``name``; raises ``KeyError`` listing the known names."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown method {name!r}; registered methods: {', '.join(method_names())}"
-        ) from None
+    """The registered class for ``name``; :class:`UnknownNameError` (a ``KeyError``) lists the
+    registered names."""
+    return METHODS.get(name)
 
 
 def method_params(name: str) -> dict[str, inspect.Parameter]:
     """Constructor parameters of a method (excluding ``self``, ``num_classes``, ``criterion``)."""
-    sig = inspect.signature(method_class(name).__init__)
-    return {
-        k: p
-        for k, p in sig.parameters.items()
-        if k not in ("self", "num_classes", "criterion")
-        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+    return METHODS.params(name)
 
 
 def create_method(name: str, num_classes: int, **kwargs: Any) -> Method:
@@ -152,20 +142,11 @@ def create_method(name: str, num_classes: int, **kwargs: Any) -> Method:
     ``loss`` (a loss name) and ``loss_kwargs`` (a dict) may be given instead of a ``criterion``
     module.
     """
-    cls = method_class(name)
     loss_name = kwargs.pop("loss", None)
     loss_kwargs = kwargs.pop("loss_kwargs", None) or {}
-    allowed = method_params(name)
-    unknown = sorted(set(kwargs) - set(allowed) - {"criterion"})
-    if unknown:
-        raise TypeError(
-            f"unknown argument(s) {', '.join(map(repr, unknown))} for method {name!r}; "
-            f"allowed: {', '.join(sorted(allowed))}"
-        )
+    METHODS.check_kwargs(name, kwargs, extra=("criterion",))
     if loss_name is not None or loss_kwargs:
-        from .losses import create_loss
-
         if "criterion" in kwargs:
             raise TypeError("give either 'criterion' or 'loss'/'loss_kwargs', not both")
-        kwargs["criterion"] = create_loss(loss_name or "bce", **loss_kwargs)
-    return cls(num_classes=num_classes, **kwargs)
+        kwargs["criterion"] = LOSSES.create(loss_name or "bce", **loss_kwargs)
+    return METHODS.create(name, num_classes=num_classes, **kwargs)

@@ -25,7 +25,7 @@ from torch import nn
 
 from .backbones import Backbone, create_backbone
 from .base import Method, MethodOutput, register_method
-from .pooling import Pooling, create_pooling, pooling_names
+from .pooling import Pooling, PoolingName, create_pooling, pooling_names
 
 __all__ = ["CAM", "build_backbone", "build_pooling", "make_classifier", "check_input"]
 
@@ -73,12 +73,12 @@ def make_classifier(in_channels: int, num_classes: int) -> nn.Conv2d:
 def build_pooling(
     pooling: str,
     *,
-    lse_r: float,
-    wildcat_kmax: float,
-    wildcat_kmin: float,
-    wildcat_alpha: float,
-    fc_bn: bool,
-    fc_drop: float,
+    lse_r: float | None,
+    wildcat_kmax: float | None,
+    wildcat_kmin: float | None,
+    wildcat_alpha: float | None,
+    fc_bn: bool | None,
+    fc_drop: float | None,
     num_features: int,
     num_classes: int,
 ) -> Pooling:
@@ -86,6 +86,7 @@ def build_pooling(
 
     ``lse_r`` is used only by ``lse``, ``wildcat_*`` only by ``wildcat``; ``fc_bn``/``fc_drop``
     act on PCAM's pooled feature vector and raise :class:`ConfigError` with any other pooling.
+    A knob left at ``None`` takes the pooling constructor's default (defaults live there only).
     """
     if pooling not in pooling_names():
         raise ConfigError(f"unknown pooling {pooling!r}; allowed: {', '.join(pooling_names())}")
@@ -106,7 +107,7 @@ def build_pooling(
             "num_features": num_features,
             "num_classes": num_classes,
         }
-    return create_pooling(pooling, **kwargs)
+    return create_pooling(pooling, **{k: v for k, v in kwargs.items() if v is not None})
 
 
 def check_input(x: torch.Tensor, in_chans: int, method: str) -> None:
@@ -133,7 +134,7 @@ class CAM(Method):
         output_stride: timm ``output_stride`` (8/16) for a larger map on models that support
             dilation (ResNets); None keeps the model's native stride.
         pooling: one of gap, gmp, lse, pcam, wildcat.
-        lse_r: LSE sharpness r (pooling="lse").
+        lse_r: LSE sharpness r (pooling="lse"); None: the pooling's own default.
         wildcat_kmax, wildcat_kmin, wildcat_alpha: WILDCAT knobs (pooling="wildcat").
         fc_bn, fc_drop: batch-norm / dropout on PCAM's pooled feature vector (pooling="pcam").
 
@@ -151,13 +152,13 @@ class CAM(Method):
         in_chans: int = 1,
         feature_index: int = -1,
         output_stride: int | None = None,
-        pooling: str = "gap",
-        lse_r: float = 10.0,
-        wildcat_kmax: float = 0.1,
-        wildcat_kmin: float = 0.0,
-        wildcat_alpha: float = 0.0,
-        fc_bn: bool = False,
-        fc_drop: float = 0.0,
+        pooling: PoolingName = "gap",
+        lse_r: float | None = None,
+        wildcat_kmax: float | None = None,
+        wildcat_kmin: float | None = None,
+        wildcat_alpha: float | None = None,
+        fc_bn: bool | None = None,
+        fc_drop: float | None = None,
     ) -> None:
         super().__init__(num_classes, criterion)
         self.in_chans = int(in_chans)

@@ -20,50 +20,38 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_LOSSES: dict[str, type[nn.Module]] = {}
+from .registry import Registry
+
+#: the loss registry (see :class:`~lesionsweep.methods.registry.Registry` for its contract)
+LOSSES: Registry[nn.Module] = Registry("loss", base=nn.Module, plural="losses")
+
+L = TypeVar("L", bound=type[nn.Module])
 
 
-def register_loss(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _LOSSES:
-            raise ValueError(f"loss name {name!r} is already registered")
-        _LOSSES[name] = cls
-        return cls
-
-    return deco
+def register_loss(name: str) -> Callable[[L], L]:
+    """Class decorator: register a loss under ``name`` (duplicates are refused)."""
+    return LOSSES.register(name)
 
 
 def loss_names() -> list[str]:
-    return sorted(_LOSSES)
+    """Sorted names of the registered losses."""
+    return LOSSES.names()
 
 
 def loss_params(name: str) -> dict[str, inspect.Parameter]:
-    if name not in _LOSSES:
-        raise KeyError(f"unknown loss {name!r}; registered losses: {', '.join(loss_names())}")
-    sig = inspect.signature(_LOSSES[name].__init__)
-    return {
-        k: p
-        for k, p in sig.parameters.items()
-        if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+    """Constructor parameters of a loss; an unknown name raises :class:`UnknownNameError`."""
+    return LOSSES.params(name)
 
 
 def create_loss(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered loss; unknown kwargs raise ``TypeError`` listing the allowed ones."""
-    allowed = loss_params(name)
-    bad = sorted(set(kwargs) - set(allowed))
-    if bad:
-        raise TypeError(
-            f"unknown argument(s) {', '.join(map(repr, bad))} for loss {name!r}; "
-            f"allowed: {', '.join(sorted(allowed)) or '(none)'}"
-        )
-    return _LOSSES[name](**kwargs)
+    return LOSSES.create(name, **kwargs)
 
 
 def _mask(targets: torch.Tensor, target_mask: torch.Tensor | None) -> torch.Tensor:
@@ -138,8 +126,8 @@ class FocalLoss(nn.Module):
             raise ValueError(f"focal gamma must be >= 0, got {gamma}")
         if alpha > 1:
             raise ValueError(f"focal alpha must be <= 1 (negative disables it), got {alpha}")
-        self.gamma = float(gamma)
-        self.alpha = float(alpha)
+        self.gamma = gamma
+        self.alpha = alpha
 
     def forward(
         self, logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor | None = None

@@ -30,6 +30,7 @@ from torch import nn
 
 from .base import Method, MethodOutput, register_method
 from .cam import build_backbone, build_pooling, check_input, make_classifier
+from .pooling import PoolingName
 
 __all__ = ["MultiscaleCAM", "parse_stages"]
 
@@ -89,20 +90,20 @@ class MultiscaleCAM(Method):
         temperature: float = 1.0,
         relevance_init_deep: float = 0.0,
         output_stride: int | None = None,
-        pooling: str = "gap",
-        lse_r: float = 10.0,
-        wildcat_kmax: float = 0.1,
-        wildcat_kmin: float = 0.0,
-        wildcat_alpha: float = 0.0,
-        fc_bn: bool = False,
-        fc_drop: float = 0.0,
+        pooling: PoolingName = "gap",
+        lse_r: float | None = None,
+        wildcat_kmax: float | None = None,
+        wildcat_kmin: float | None = None,
+        wildcat_alpha: float | None = None,
+        fc_bn: bool | None = None,
+        fc_drop: float | None = None,
     ) -> None:
         super().__init__(num_classes, criterion)
-        if not float(temperature) > 0:
+        if not temperature > 0:
             raise ConfigError(f"multiscale_cam temperature must be > 0, got {temperature!r}")
-        self.in_chans = int(in_chans)
+        self.in_chans = in_chans
         self.stages = parse_stages(stages)
-        self.temperature = float(temperature)
+        self.temperature = temperature
         self.backbone = build_backbone(
             backbone, self.in_chans, pretrained, self.stages, output_stride, "multiscale_cam"
         )
@@ -123,7 +124,7 @@ class MultiscaleCAM(Method):
             for c in chans
         )
         beta = torch.zeros(self.num_classes, len(chans))
-        beta[:, -1] = float(relevance_init_deep)
+        beta[:, -1] = relevance_init_deep
         self.beta = nn.Parameter(beta)
 
     def relevance(self) -> torch.Tensor:

@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from lesionsweep.errors import ConfigError
 from torch import nn
+
+from .registry import Registry
 
 __all__ = [
     "Pooling",
@@ -56,6 +58,7 @@ __all__ = [
     "PCAMPool",
     "WildcatPool",
     "POOLINGS",
+    "PoolingName",
     "pooling_names",
     "pooling_params",
     "create_pooling",
@@ -268,26 +271,28 @@ class WildcatPool(Pooling):
         return f"kmax={self.kmax}, kmin={self.kmin}, alpha={self.alpha}"
 
 
-POOLINGS: dict[str, type[Pooling]] = {
-    "gap": GlobalAvgPool,
-    "gmp": GlobalMaxPool,
-    "lse": LSEPool,
-    "pcam": PCAMPool,
-    "wildcat": WildcatPool,
-}
+#: the pooling registry (see :class:`~lesionsweep.methods.registry.Registry` for its contract);
+#: also the enumeration of a method's ``pooling`` argument (``Annotated[str, POOLINGS]``)
+POOLINGS: Registry[Pooling] = Registry("pooling", base=Pooling)
+POOLINGS.add("gap", GlobalAvgPool)
+POOLINGS.add("gmp", GlobalMaxPool)
+POOLINGS.add("lse", LSEPool)
+POOLINGS.add("pcam", PCAMPool)
+POOLINGS.add("wildcat", WildcatPool)
+
+#: annotation of a method argument that names a pooling: the config layer accepts exactly the
+#: registered names
+PoolingName = Annotated[str, POOLINGS]
 
 
 def pooling_names() -> list[str]:
     """Sorted pooling names."""
-    return sorted(POOLINGS)
+    return POOLINGS.names()
 
 
 def pooling_params(name: str) -> dict[str, inspect.Parameter]:
-    """Constructor parameters of a pooling; unknown name raises :class:`ConfigError`."""
-    if name not in POOLINGS:
-        raise ConfigError(f"unknown pooling {name!r}; allowed: {', '.join(pooling_names())}")
-    sig = inspect.signature(POOLINGS[name].__init__)
-    return {k: p for k, p in sig.parameters.items() if k != "self"}
+    """Constructor parameters of a pooling; an unknown name raises :class:`ConfigError`."""
+    return POOLINGS.params(name)
 
 
 def create_pooling(name: str, **kwargs: Any) -> Pooling:
@@ -297,11 +302,4 @@ def create_pooling(name: str, **kwargs: Any) -> Pooling:
         ConfigError: unknown ``name`` (the message lists the allowed names) or a bad value.
         TypeError: unknown keyword argument (the message lists the allowed ones).
     """
-    allowed = pooling_params(name)
-    bad = sorted(set(kwargs) - set(allowed))
-    if bad:
-        raise TypeError(
-            f"unknown argument(s) {', '.join(map(repr, bad))} for pooling {name!r}; "
-            f"allowed: {', '.join(sorted(allowed)) or '(none)'}"
-        )
-    return POOLINGS[name](**kwargs)
+    return POOLINGS.create(name, **kwargs)

@@ -28,7 +28,7 @@ refused, not silently cropped).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,7 @@ class PyramidAttention(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, use_pa: bool = True) -> None:
         super().__init__()
-        self.use_pa = bool(use_pa)
+        self.use_pa = use_pa
         self.mid = ConvBnRelu(in_channels, out_channels, 1)
         if self.use_pa:
             self.down1 = ConvBnRelu(in_channels, 1, 7)
@@ -120,7 +120,6 @@ class UpModule(nn.Module):
 
 
 def _check_odd(name: str, k: int) -> int:
-    k = int(k)
     if k < 1 or k % 2 == 0:
         raise ConfigError(f"PYLON {name} must be a positive odd integer, got {k}")
     return k
@@ -161,23 +160,23 @@ class Pylon(Method):
         in_chans: int = 1,
         n_dec_ch: int = 128,
         n_up: int = 3,
-        up_type: str = "2layer",
+        up_type: Literal["2layer", "1layer"] = "2layer",
         up_kernel_size: int = 1,
         seg_kern_size: int = 1,
         use_pa: bool = True,
     ) -> None:
         super().__init__(num_classes, criterion)
-        if int(n_dec_ch) < 1:
+        if n_dec_ch < 1:
             raise ConfigError(f"PYLON n_dec_ch must be >= 1, got {n_dec_ch}")
-        if int(n_up) not in (0, 1, 2, 3):
+        if n_up not in (0, 1, 2, 3):
             raise ConfigError(f"PYLON n_up must be 0, 1, 2 or 3, got {n_up}")
         if up_type not in ("1layer", "2layer"):
             raise ConfigError(f"PYLON up_type must be '1layer' or '2layer', got {up_type!r}")
         up_kernel_size = _check_odd("up_kernel_size", up_kernel_size)
         seg_kern_size = _check_odd("seg_kern_size", seg_kern_size)
-        self.n_up = int(n_up)
-        self.in_chans = int(in_chans)
-        self.use_pa = bool(use_pa)
+        self.n_up = n_up
+        self.in_chans = in_chans
+        self.use_pa = use_pa
 
         self.encoder = create_backbone(backbone, in_chans=in_chans, pretrained=pretrained)
         red = self.encoder.reductions
@@ -195,7 +194,6 @@ class Pylon(Method):
         ch = [self.encoder.channels[i] for i in picks]
         self.last_stride = _STRIDES[-1]
 
-        n_dec_ch = int(n_dec_ch)
         self.pa = PyramidAttention(ch[3], n_dec_ch, use_pa=self.use_pa)
         ups = [UpModule(ch[i], n_dec_ch, up_type, up_kernel_size) for i in (2, 1, 0)]
         self.ups = nn.ModuleList(ups[: self.n_up])

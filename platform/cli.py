@@ -17,6 +17,21 @@ from typing import Any
 from .config import parse_overrides
 from .errors import LesionSweepError
 
+#: the one ``--set`` convention of every command: a dotted path into the YAML file it reads
+SET_METAVAR = "PATH=VALUE"
+SET_HELP = (
+    "override one value of the {what}: a dotted PATH into its YAML and a YAML VALUE, e.g. "
+    "{example} (repeatable)"
+)
+CONFIG_SET_HELP = SET_HELP.format(
+    what="run config", example="optim.lr=1e-3, method.pooling=lse, data.options.num_train=32"
+)
+
+
+def add_set_option(parser: argparse.ArgumentParser, help_text: str = CONFIG_SET_HELP) -> None:
+    """The ``--set PATH=VALUE`` option (same name, syntax and parser for every command)."""
+    parser.add_argument("--set", action="append", metavar=SET_METAVAR, help=help_text)
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
@@ -115,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one config (YAML) without Ray")
     t.add_argument("config")
     t.add_argument("--out", help="run folder (default: runs/<config stem>)")
-    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override")
+    add_set_option(t)
     t.add_argument("--no-resume", action="store_true", help="start over even if a run exists")
     t.set_defaults(func=_cmd_train)
 
@@ -132,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--which", choices=("best", "last"), default="best", help="checkpoint of a run folder"
     )
-    e.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    add_set_option(e)
     e.set_defaults(func=_cmd_evaluate)
 
     c = sub.add_parser("cache", help="resize a dataset once into a fast on-disk cache")
@@ -143,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--image-size", type=int, default=256)
     c.add_argument("--splits", help="comma-separated splits (default: all the dataset has)")
     c.add_argument("--skip-bad-images", action="store_true")
-    c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    add_set_option(c)
     c.set_defaults(func=_cmd_cache)
 
     pv = sub.add_parser("preview", help="write a PNG grid of synthetic phantoms with their boxes")

@@ -4,24 +4,50 @@ A run config is nested YAML with the sections ``method``, ``loss``, ``data``, ``
 ``train`` and ``eval``. ``method`` and ``loss`` carry a ``name`` plus that component's own
 keyword arguments, validated against the component's constructor; the other sections map onto
 the dataclasses below field by field. Any unknown key is a :class:`ConfigError` naming the file,
-the key and the allowed keys. A sweep's flat sampled dict (``{"method.pooling": "lse",
-"optim.lr": 1e-3}``) becomes a config through :func:`config_from_flat`.
+the key and the allowed keys.
+
+Every value is converted once, here, to its declared type by :func:`lesionsweep.values.convert`:
+the dataclass field annotations below (``Literal`` for enumerations, ``Annotated[..., Range]``
+for bounds) and, for ``method``/``loss``, the registered constructor's annotations
+(:meth:`Registry.hints`). Bounds on absurd values: ``train.epochs`` 1..10,000,
+``train.batch_size`` and ``eval.batch_size`` 1..65,536, ``data.image_size`` 16..4,096 px,
+``data.num_workers`` 0..256, ``train.log_images`` 0..1,024, ``optim.lr`` > 0 (no upper bound),
+``optim.momentum``/``gamma``/``factor`` in [0, 1]. A config that names a method must give an
+image size that is a multiple of the method's ``input_multiple`` (PYLON: 256). An empty file,
+a binary file or a top level that is not a mapping is refused.
+
+A sweep's flat sampled dict (``{"method.pooling": "lse", "optim.lr": 1e-3}``) becomes a config
+through :func:`config_from_flat`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from lesionsweep.methods import LOSSES, METHODS
 
-from .errors import ConfigError
+from .errors import ConfigError, check_keys, refuse_test_split
+from .fileio import atomic_write_text
+from .values import Range, convert, parse_yaml_value, read_yaml
 
 SECTIONS = ("method", "loss", "data", "optim", "train", "eval")
+
+#: the datasets a run can read (the data layer maps each name to its loader)
+DatasetName = Literal["phantom", "nih", "siim", "rsna", "chexpert"]
+
+# Bounds on what a run config accepts (values outside are refused as absurd, not clipped).
+#: epochs of one run: at most 10,000 (a typo such as 1000000000 would otherwise run forever)
+MAX_EPOCHS = 10_000
+#: images per batch (training and evaluation)
+MAX_BATCH = 65_536
+#: side of the square model input, in pixels
+IMAGE_SIZE_RANGE = Range(16, 4096, "pixels per side")
 
 
 @dataclass(frozen=True)
@@ -57,12 +83,12 @@ class DataConfig:
             ``confounder_class``; NIH ``val_loc_per_class``; CheXpert ``uncertainty``).
     """
 
-    dataset: str = "phantom"
+    dataset: DatasetName = "phantom"
     root: str | None = None
     cache: str | None = None
-    image_size: int = 128
+    image_size: Annotated[int, IMAGE_SIZE_RANGE] = 128
     classes: tuple[str, ...] | None = None
-    num_workers: int = 0
+    num_workers: Annotated[int, Range(0, 256)] = 0
     skip_bad_images: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -74,23 +100,25 @@ class OptimConfig:
     Attributes:
         name: ``adam``, ``adamw`` or ``sgd``.
         lr, weight_decay, momentum, nesterov: optimiser settings (momentum/nesterov for SGD).
+            ``lr`` must be > 0 and has no upper bound: a diverging rate is a legitimate result
+            of a search and fails its trial at the first non-finite loss.
         schedule: ``none``, ``step``, ``cosine`` or ``plateau``.
         step_size, gamma: StepLR (epochs, factor).
         patience, factor: ReduceLROnPlateau on the validation loss.
         warmup_epochs: linear warm-up epochs (cosine/step).
     """
 
-    name: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: Annotated[float, Range(0, None)] = 1e-3
+    weight_decay: Annotated[float, Range(0, 10)] = 0.0
+    momentum: Annotated[float, Range(0, 1)] = 0.9
     nesterov: bool = False
-    schedule: str = "none"
-    step_size: int = 10
-    gamma: float = 0.1
-    patience: int = 1
-    factor: float = 0.2
-    warmup_epochs: int = 0
+    schedule: Literal["none", "step", "cosine", "plateau"] = "none"
+    step_size: Annotated[int, Range(1, MAX_EPOCHS)] = 10
+    gamma: Annotated[float, Range(0, 1)] = 0.1
+    patience: Annotated[int, Range(0, MAX_EPOCHS)] = 1
+    factor: Annotated[float, Range(0, 1)] = 0.2
+    warmup_epochs: Annotated[int, Range(0, MAX_EPOCHS)] = 0
 
 
 @dataclass(frozen=True)
@@ -115,17 +143,17 @@ class TrainConfig:
             run ends too, e.g. to train further epochs later.
     """
 
-    epochs: int = 3
-    batch_size: int = 16
-    seed: int = 0
+    epochs: Annotated[int, Range(1, MAX_EPOCHS)] = 3
+    batch_size: Annotated[int, Range(1, MAX_BATCH)] = 16
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 0
     device: str = "auto"
     amp: bool = True
     channels_last: bool = False
-    in_chans: int = 1
-    log_images: int = 4
-    grad_clip: float = 0.0
-    max_steps_per_epoch: int = 0
-    keep_checkpoint: str = "best"
+    in_chans: Literal[1, 3] = 1
+    log_images: Annotated[int, Range(0, 1024)] = 4
+    grad_clip: Annotated[float, Range(0, None)] = 0.0
+    max_steps_per_epoch: Annotated[int, Range(0, None)] = 0
+    keep_checkpoint: Literal["best", "last", "none"] = "best"
     keep_resumable: bool = False
 
 
@@ -158,11 +186,11 @@ class EvalConfig:
 
     split: str = "val"
     loc_split: str | None = "auto"
-    batch_size: int = 32
+    batch_size: Annotated[int, Range(1, MAX_BATCH)] = 32
     select_metric: str = "val/auroc_macro"
-    select_mode: str = "max"
-    cam_curve_interval: float = 0.01
-    loc_every: int = 1
+    select_mode: Literal["max", "min"] = "max"
+    cam_curve_interval: Annotated[float, Range(1e-4, 0.5)] = 0.01
+    loc_every: Annotated[int, Range(1, None)] = 1
 
 
 @dataclass(frozen=True)
@@ -182,7 +210,7 @@ class RunConfig:
         for sec in SECTIONS:
             obj = getattr(self, sec)
             if sec in ("method", "loss"):
-                out[sec] = {"name": obj.name, **dict(obj.kwargs)}
+                out[sec] = {"name": obj.name, **_plain(dict(obj.kwargs))}
             else:
                 d = dataclasses.asdict(obj)
                 if sec == "data":
@@ -211,11 +239,14 @@ _DATACLASS_FOR = {
     "eval": EvalConfig,
 }
 
-ALLOWED = {
-    "data": {"dataset": ("phantom", "nih", "siim", "rsna", "chexpert")},
-    "optim": {"name": ("adam", "adamw", "sgd"), "schedule": ("none", "step", "cosine", "plateau")},
-    "train": {"keep_checkpoint": ("best", "last", "none")},
-}
+
+def _plain(x: Any) -> Any:
+    """Tuples as lists and mappings as dicts, recursively (what ``yaml.safe_dump`` writes)."""
+    if isinstance(x, Mapping):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
 
 
 def section_fields(section: str) -> dict[str, dataclasses.Field[Any]]:
@@ -223,62 +254,72 @@ def section_fields(section: str) -> dict[str, dataclasses.Field[Any]]:
     return {f.name: f for f in fields(_DATACLASS_FOR[section])}
 
 
-def _coerce(value: Any, f: dataclasses.Field[Any], where: str) -> Any:
-    """Check/convert a YAML value against a dataclass field's annotation."""
-    ann = str(f.type)
-    if value is None:
-        if "None" in ann:
-            return None
-        raise ConfigError(f"{where}: null is not allowed (expected {ann})")
-    if ann.startswith("tuple"):
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}: expected a list of names, got {value!r}")
-        return tuple(value)
-    if ann.startswith("Mapping"):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if ann.startswith("bool"):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+def section_hints(section: str) -> dict[str, Any]:
+    """Resolved field annotations of a dataclass-backed section (what :func:`convert` takes)."""
+    return typing.get_type_hints(_DATACLASS_FOR[section], include_extras=True)
+
+
+def component_hints(section: str, name: Any, source: str) -> dict[str, Any]:
+    """Constructor annotations of the ``method`` or ``loss`` called ``name``.
+
+    Raises:
+        ConfigError: ``name`` is not registered (the message lists the registered names).
+    """
+    registry = METHODS if section == "method" else LOSSES
+    if not isinstance(name, str) or name not in registry:
+        raise ConfigError(
+            f"{source}: {section}.name = {name!r} is not a registered {section}; "
+            f"choose one of: {', '.join(registry.names())}"
+        )
+    return registry.hints(name)
+
+
+def convert_key(
+    section: str, key: str, value: Any, source: str, component: Any = None, role: str = ""
+) -> Any:
+    """Convert one value of ``section.key`` to its declared type (the one conversion).
+
+    Args:
+        section: a run-config section.
+        key: the key within it (``options.<opt>`` of ``data`` passes through unchanged).
+        value: the YAML value.
+        source: the file, for messages.
+        component: the method / loss name for ``method.*`` / ``loss.*`` keys.
+        role: shown before the key ("parameter", "base").
+
+    Raises:
+        ConfigError: unknown key, or a value that does not fit its type (naming file, key,
+            value and the expected type).
+    """
+    where = f"{source}: {role + ' ' if role else ''}{section}.{key}"
+    if section in ("method", "loss"):
+        if key == "name":
+            component_hints(section, value, source)
+            return value
+        hints = component_hints(section, component, source)
+        check_keys(
+            [key], ["name", *hints], source, prefix=f"{section}.", owner=f"{section} {component!r}"
+        )
+        return convert(value, hints[key], where, owner=f"{section} {component!r}")
+    if section == "data" and key.startswith("options."):
         return value
-    if ann.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if ann.startswith("float"):
-        if isinstance(value, str):
-            try:
-                value = float(value)  # YAML 1.1 reads "1e-3" as a string
-            except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(float(value)):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return float(value)
-    if ann.startswith("str"):
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
+    hints = section_hints(section)
+    check_keys([key], hints, source, prefix=f"{section}.")
+    return convert(value, hints[key], where)
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "<config>") -> RunConfig:
-    """Build a :class:`RunConfig` from nested dicts; unknown keys raise :class:`ConfigError`.
+    """Build a :class:`RunConfig` from nested dicts: every key checked, every value converted.
 
-    Method and loss kwargs are checked against the registered constructors.
+    Method and loss kwargs are checked against the registered constructors and converted from
+    their annotations here, once; the constructors trust them.
+
+    Raises:
+        ConfigError: naming ``source``, the key, the value and what is allowed.
     """
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: the top level must be a mapping of sections {SECTIONS}")
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown section(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(SECTIONS)}"
-        )
+    check_keys(raw, SECTIONS, source, what="section")
     built: dict[str, Any] = {}
     for sec in ("method", "loss"):
         body = raw.get(sec) or {}
@@ -286,44 +327,40 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "<config>") -> RunCon
             raise ConfigError(f"{source}: section {sec!r} must be a mapping, got {body!r}")
         body = dict(body)
         name = body.pop("name", "cam" if sec == "method" else "bce")
-        _check_component(sec, name, body, source)
-        built[sec] = (MethodConfig if sec == "method" else LossConfig)(name=name, kwargs=body)
+        hints = component_hints(sec, name, source)
+        owner = f"{sec} {name!r}"
+        check_keys(body, ["name", *hints], source, prefix=f"{sec}.", owner=owner)
+        kwargs = {
+            k: convert(v, hints[k], f"{source}: {sec}.{k}", owner=owner) for k, v in body.items()
+        }
+        built[sec] = (MethodConfig if sec == "method" else LossConfig)(name=name, kwargs=kwargs)
     for sec, cls in _DATACLASS_FOR.items():
         body = raw.get(sec) or {}
         if not isinstance(body, Mapping):
             raise ConfigError(f"{source}: section {sec!r} must be a mapping, got {body!r}")
-        flds = section_fields(sec)
-        bad = sorted(set(body) - set(flds))
-        if bad:
-            raise ConfigError(
-                f"{source}: unknown key(s) {', '.join(f'{sec}.{k}' for k in bad)}; "
-                f"allowed in {sec!r}: {', '.join(sorted(flds))}"
-            )
-        kwargs = {k: _coerce(v, flds[k], f"{source}: {sec}.{k}") for k, v in body.items()}
-        for k, choices in ALLOWED.get(sec, {}).items():
-            if k in kwargs and kwargs[k] not in choices:
-                raise ConfigError(
-                    f"{source}: {sec}.{k} = {kwargs[k]!r} is not allowed; "
-                    f"choose one of: {', '.join(choices)}"
-                )
+        hints = section_hints(sec)
+        check_keys(body, hints, source, prefix=f"{sec}.")
+        kwargs = {k: convert(v, hints[k], f"{source}: {sec}.{k}") for k, v in body.items()}
         built[sec] = cls(**kwargs)
     cfg = RunConfig(**built)
-    if cfg.eval.split == "test" or cfg.eval.split.startswith("test"):
-        raise ConfigError(
-            f"{source}: eval.split = {cfg.eval.split!r}: the test split is reachable only through "
-            "`lesionsweep evaluate --split test`, never during training or a sweep"
-        )
+    refuse_test_split(cfg.eval.split, f"{source}: eval.split")
     _check_loc_split(cfg.eval, source)
-    for k in ("epochs", "batch_size"):
-        if getattr(cfg.train, k) < 1:
-            raise ConfigError(f"{source}: train.{k} must be >= 1, got {getattr(cfg.train, k)}")
-    if cfg.eval.loc_every < 1:
-        raise ConfigError(f"{source}: eval.loc_every must be >= 1, got {cfg.eval.loc_every}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"{source}: optim.lr must be > 0, got {cfg.optim.lr}")
-    if cfg.train.in_chans not in (1, 3):
-        raise ConfigError(f"{source}: train.in_chans must be 1 or 3, got {cfg.train.in_chans}")
+    if "method" in raw:  # a data-only dict (``lesionsweep cache``) trains nothing
+        _check_input_multiple(cfg, source)
     return cfg
+
+
+def _check_input_multiple(cfg: RunConfig, source: str) -> None:
+    """The image side must be a multiple of the method's ``input_multiple`` (PYLON: 256)."""
+    mult = int(getattr(METHODS.get(cfg.method.name), "input_multiple", 1) or 1)
+    if cfg.data.image_size % mult:
+        raise ConfigError(
+            f"{source}: data.image_size = {cfg.data.image_size} is not allowed for method "
+            f"{cfg.method.name!r}: it needs a multiple of {mult} (e.g. "
+            f"{max(mult, cfg.data.image_size // mult * mult)})"
+        )
 
 
 #: values of ``eval.loc_split`` besides None. ``val`` and ``train`` are not among them: the
@@ -337,11 +374,7 @@ def _check_loc_split(ev: EvalConfig, source: str) -> None:
     loc = ev.loc_split
     if loc is None:
         return
-    if loc.lower().startswith("test"):
-        raise ConfigError(
-            f"{source}: eval.loc_split = {loc!r}: the test split is reachable only through "
-            "`lesionsweep evaluate --split test-loc`, never during training or a sweep"
-        )
+    refuse_test_split(loc, f"{source}: eval.loc_split")
     if loc not in LOC_SPLIT_CHOICES:
         raise ConfigError(
             f"{source}: eval.loc_split = {loc!r} is not allowed; choose null or one of: "
@@ -354,60 +387,32 @@ def _check_loc_split(ev: EvalConfig, source: str) -> None:
         )
 
 
-def _check_component(section: str, name: Any, kwargs: Mapping[str, Any], source: str) -> None:
-    if section == "method":
-        from lesionsweep.methods import method_names, method_params
-
-        names = method_names()
-        if name not in names:
-            raise ConfigError(
-                f"{source}: method.name = {name!r} is not a registered method; "
-                f"choose one of: {', '.join(names)}"
-            )
-        allowed = set(method_params(name))
-    else:
-        from lesionsweep.methods.losses import loss_names, loss_params
-
-        names = loss_names()
-        if name not in names:
-            raise ConfigError(
-                f"{source}: loss.name = {name!r} is not a registered loss; "
-                f"choose one of: {', '.join(names)}"
-            )
-        allowed = set(loss_params(name))
-    bad = sorted(set(kwargs) - allowed)
-    if bad:
-        raise ConfigError(
-            f"{source}: unknown key(s) {', '.join(f'{section}.{k}' for k in bad)} for "
-            f"{section} {name!r}; allowed: {', '.join(sorted(allowed | {'name'}))}"
-        )
-
-
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """Load a YAML run config; ``overrides`` are flat ``section.key`` values applied on top."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: malformed YAML: {e}") from None
+    raw = read_yaml(p, "run config", hint=f"sections: {', '.join(SECTIONS)}")
     if overrides:
         raw = merge_flat(raw, overrides, str(p))
     return config_from_dict(raw, source=str(p))
 
 
 def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
-    """``dotted.key=value`` strings (``--set``) to a dict; values parse as YAML scalars/lists."""
+    """``--set PATH=VALUE`` strings to a dict (every command's one ``--set`` convention).
+
+    ``PATH`` is a dotted path into the YAML file the command reads (a run config:
+    ``optim.lr=1e-3``, ``data.options.num_train=32``; a sweep spec: ``budget.trials=4``,
+    ``base.optim.lr=1e-3``); ``VALUE`` is parsed as YAML (``1e-3`` is a float, ``[a, b]`` a
+    list).
+    """
     out: dict[str, Any] = {}
     for item in items or ():
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected dotted.key=value")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
+        k, eq, v = item.partition("=")
+        if not eq or not k.strip():
+            raise ConfigError(
+                f"--set {item!r}: expected PATH=VALUE with a dotted PATH into the YAML file "
+                "(e.g. optim.lr=1e-3)"
+            )
+        out[k.strip()] = parse_yaml_value(v, f"--set {item!r}")
     return out
 
 
@@ -448,6 +453,4 @@ def config_from_flat(
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
     """Write a config as YAML (atomically) that :func:`load_config` reads back identically."""
-    from .io import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

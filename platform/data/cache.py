@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataConfig
 from ..errors import DataError
-from ..io import atomic_write_text
+from ..fileio import atomic_write_text
 from .types import DatasetInfo, Sample, SplitDataset, empty_boxes
 
 CACHE_FORMAT = "lesionsweep-cache"

@@ -10,22 +10,25 @@ modules are imported lazily, so importing this module costs nothing.
 from __future__ import annotations
 
 import importlib
+import typing
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import DataConfig
+from lesionsweep.methods.registry import Registry
+
+from ..config import DataConfig, DatasetName
 from ..errors import DataError
 from .base import SPLITS
 from .types import SplitDataset
 
-# dataset name -> (module, class)
-DATASETS: dict[str, tuple[str, str]] = {
-    "phantom": ("lesionsweep.data.phantom", "PhantomDataset"),
-    "nih": ("lesionsweep.data.nih", "NIHDataset"),
-    "siim": ("lesionsweep.data.siim", "SIIMDataset"),
-    "rsna": ("lesionsweep.data.rsna", "RSNADataset"),
-    "chexpert": ("lesionsweep.data.chexpert", "CheXpertDataset"),
-}
+#: dataset name -> (module, class) of its loader, imported on first use. The names are the ones
+#: :data:`lesionsweep.config.DatasetName` declares (a test checks they agree).
+DATASETS: Registry[Any] = Registry("dataset")
+DATASETS.add("phantom", ("lesionsweep.data.phantom", "PhantomDataset"))  # type: ignore[arg-type]
+DATASETS.add("nih", ("lesionsweep.data.nih", "NIHDataset"))  # type: ignore[arg-type]
+DATASETS.add("siim", ("lesionsweep.data.siim", "SIIMDataset"))  # type: ignore[arg-type]
+DATASETS.add("rsna", ("lesionsweep.data.rsna", "RSNADataset"))  # type: ignore[arg-type]
+DATASETS.add("chexpert", ("lesionsweep.data.chexpert", "CheXpertDataset"))  # type: ignore[arg-type]
 # DataConfig fields the phantom takes as arguments; options may not repeat them
 _PHANTOM_RESERVED = ("split", "image_size", "classes")
 
@@ -33,8 +36,9 @@ _PHANTOM_RESERVED = ("split", "image_size", "classes")
 def dataset_class(name: str) -> Any:
     """The loader class registered under ``name`` (imported on first use)."""
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    module, cls = DATASETS[name]
+        names = ", ".join(typing.get_args(DatasetName))
+        raise DataError(f"unknown dataset {name!r}; choose one of: {names}")
+    module, cls = typing.cast(tuple[str, str], DATASETS[name])
     return getattr(importlib.import_module(module), cls)
 
 

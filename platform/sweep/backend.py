@@ -57,6 +57,7 @@ from ..errors import ConfigError, TrainingError
 from ._ray.session import init_ray, shutdown_ray  # noqa: F401 (commands call backend.shutdown_ray)
 from .hparams import write_session_end, write_session_start
 from .results import EpochRecord, ResultsStore, TrialRecord, finite_metrics
+from .samplers import SAMPLERS
 from .spaces import SpaceSet
 from .spec import SweepSpec, build_trial_config
 from .storage import SweepLocation
@@ -111,16 +112,6 @@ def pruned_trials(root: str) -> set[str]:
 # Optuna: samplers and the define-by-run function
 # =============================================================================================
 
-_SAMPLERS: dict[str, str] = {
-    "tpe": "TPESampler",
-    "random": "RandomSampler",
-    "grid": "GridSampler",
-    "cmaes": "CmaEsSampler",
-    "gp": "GPSampler",
-    "nsga2": "NSGAIISampler",
-    "qmc": "QMCSampler",
-}
-
 
 def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     """The spec's Optuna sampler, seeded with the spec's seed.
@@ -133,7 +124,7 @@ def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
         ConfigError: an option the sampler does not take, or a missing optional dependency.
     """
     name = spec.searcher.name
-    cls = getattr(optuna.samplers, _SAMPLERS[name])
+    cls = SAMPLERS.get(name)
     opts: dict[str, Any] = dict(spec.searcher.options)
     if name == "cmaes":
         try:
@@ -885,6 +876,7 @@ class _AbortStopper(tune.Stopper):
 # =============================================================================================
 # Ray and the Tuner
 # =============================================================================================
+
 
 def _trainable(spec: SweepSpec, root: str) -> Any:
     res = spec.resources

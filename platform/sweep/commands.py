@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..values import read_yaml
 from .export import SPEC_FILE, Exported, export_sweep
 from .spec import SweepSpec, load_spec, parse_overrides, spec_from_dict
 from .storage import SweepLocation
@@ -110,9 +111,7 @@ def profile_overrides(profile: str) -> dict[str, Any]:
     from lesionsweep.cluster import profile_path
 
     p = profile_path(profile)
-    raw = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{p}: a resource profile must be a mapping of spec keys")
+    raw = read_yaml(p, "resource profile", hint="spec keys such as resources, concurrency")
     out: dict[str, Any] = {}
     for k, v in raw.items():
         if k in ("base", "resources", "budget", "data") and isinstance(v, Mapping):
@@ -145,10 +144,11 @@ def run_sweep(
     Raises:
         ConfigError: invalid spec / spaces, or an existing sweep folder (resume it instead).
     """
-    if overrides is not None and not isinstance(overrides, Mapping):
-        overrides = parse_overrides(list(overrides))
+    given: Mapping[str, Any] = (
+        overrides if isinstance(overrides, Mapping) else parse_overrides(list(overrides or ()))
+    )
     merged: dict[str, Any] = profile_overrides(profile) if profile else {}
-    merged.update(overrides or {})
+    merged.update(given)
     spec = load_spec(spec_path, merged)
     loc = spec.location
     if loc.exists(SPEC_FILE) or loc.exists("tuner.pkl"):
@@ -278,8 +278,9 @@ def add_subparsers(sub: Any) -> None:
     s.add_argument(
         "--set",
         action="append",
-        metavar="KEY=VALUE",
-        help="override a spec key, e.g. budget.trials=4, base.optim.lr=0.01, storage=s3://b/p",
+        metavar="PATH=VALUE",
+        help="override one value of the sweep spec: a dotted PATH into its YAML and a YAML "
+        "VALUE, e.g. budget.trials=4, base.optim.lr=1e-3, storage=s3://b/p (repeatable)",
     )
     s.add_argument(
         "--profile",

@@ -34,7 +34,7 @@ import yaml
 
 from ..config import config_from_dict, dump_config
 from ..errors import ConfigError
-from ..io import atomic_write_text
+from ..fileio import atomic_write_text
 from .datakey import store_folder
 from .results import TRIALS_FILE, read_table
 from .storage import SweepLocation

@@ -29,33 +29,49 @@ Example (every key optional except what differs from the defaults)::
                                     # for all trials (see lesionsweep.sweep.datacache)
 
 Precedence for each trial's run config, lowest first: code defaults < the space's ``base`` <
-the spec's ``data`` < the spec's ``base`` < the drawn parameters. A spec ``base`` key that a
-space also searches *pins* that parameter (it takes the spec value; conditions still see it).
-``train.seed`` defaults to the spec's ``seed``.
+the spec's ``data`` < the spec's ``base`` < the drawn parameters. Two rules keep this from
+being silent:
+
+* a spec ``base`` key that a space also searches *pins* that parameter (it takes the spec
+  value; conditions still see it); a spec ``data`` value is a default that a space's parameter
+  of the same key overrides (a space may give PYLON 256 px while the other methods keep the
+  spec's size);
+* a spec ``data`` value that contradicts a space's own ``base`` (e.g. ``data.image_size: 128``
+  against the PYLON space's ``data.image_size: 256``) is an error: a space's ``base`` states what
+  its method needs. To override it deliberately, set the key in the spec's ``base``
+  (``base: {data.image_size: 512}``); every method/image-size combination a space can reach is
+  still checked against the method's ``input_multiple`` before launch.
+
+``train.seed`` defaults to the spec's ``seed``. Before launch every space is validated with the
+spec applied (keys, value types and bounds, method/size combinations, whole trial configs) and
+the dataset root of every non-synthetic dataset a trial can use must exist.
 
 The test split is never reachable from a sweep: ``eval.split`` may not name a test split
 (:func:`lesionsweep.config.config_from_dict` refuses it) and the sweep never calls
 ``lesionsweep evaluate``.
 
-Overrides are ``dotted.path=value`` strings with YAML values: ``budget.trials=4``,
-``objective.metric=val/pxap``, ``base.optim.lr=0.01``, ``data.options.num_train=32``,
-``spaces=[cam,pylon]``.
+Overrides (``--set PATH=VALUE``, as for every command) are dotted paths into this YAML with
+YAML values: ``budget.trials=4``, ``base.optim.lr=1e-3``, ``spaces=[cam,pylon]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
-
-from ..config import RunConfig, TrainConfig, config_from_flat, parse_overrides
-from ..errors import ConfigError
+from ..config import (
+    RunConfig,
+    TrainConfig,
+    config_from_flat,
+    parse_overrides,
+)
+from ..errors import ConfigError, check_keys
+from ..values import Range, convert, parse_yaml_mapping, read_yaml
 from .datakey import check_data_cache, data_key
+from .samplers import MULTI_OBJECTIVE, SAMPLERS
 from .spaces import (
     Const,
     IntRange,
@@ -64,6 +80,16 @@ from .spaces import (
     load_space,
     space_from_dict,
     validate_space,
+)
+from .spec_input import (
+    apply_overrides as _apply_overrides,
+)
+from .spec_input import (
+    check_dataset_roots,
+    check_storage,
+    refuse_space_as_spec,
+    refuse_space_base_conflicts,
+    typed_settings,
 )
 from .storage import SweepLocation, is_uri
 
@@ -83,8 +109,8 @@ __all__ = [
     "DEMO_SPEC_YAML",
 ]
 
-SEARCHERS = ("tpe", "random", "grid", "cmaes", "gp", "nsga2", "qmc")
-_MULTI_OBJECTIVE_SEARCHERS = ("tpe", "random", "grid", "gp", "nsga2", "qmc")
+SEARCHERS = tuple(SAMPLERS.names())
+_MULTI_OBJECTIVE_SEARCHERS = MULTI_OBJECTIVE
 
 _TOP = (
     "name",
@@ -246,7 +272,7 @@ class SweepSpec:
             "description": self.description,
             "data": _plain(self.data),
             "base": _plain(self.base),
-            "spaces": [_space_to_dict(s) for s in self.spaces.spaces],
+            "spaces": [s.to_dict() for s in self.spaces.spaces],
             "space_selection": self.spaces.selection,
             "objective": {
                 "metrics": list(self.objective.metrics),
@@ -279,81 +305,6 @@ def _plain(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x
-
-
-def _space_to_dict(s: SearchSpace) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for p in s.params:
-        d = p.dist
-        body: dict[str, Any]
-        if isinstance(d, Const):
-            body = {"const": _plain(d.value)}
-        elif isinstance(d, IntRange):
-            body = {"int": [d.low, d.high]}
-            if d.log:
-                body["log"] = True
-            if d.step != 1:
-                body["step"] = d.step
-        elif hasattr(d, "values"):
-            body = {"choice": list(d.values)}
-        else:
-            body = {"float": [d.low, d.high]}
-            if d.log:
-                body["log"] = True
-            if d.step is not None:
-                body["step"] = d.step
-        if p.when:
-            body["when"] = {k: list(v) for k, v in p.when}
-        params[p.key] = body
-    return {
-        "name": s.name,
-        "description": s.description,
-        "base": _plain(s.base),
-        "parameters": params,
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Overrides
-# ---------------------------------------------------------------------------------------------
-
-
-def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any], source: str) -> dict:
-    """Apply ``dotted.path`` overrides onto a parsed spec (a copy).
-
-    ``base.<section.key>`` sets one flat base key; ``data.options.<opt>`` one data option;
-    other paths descend into mappings (``budget.trials``).
-    """
-    out = _plain(dict(raw))
-    for key, value in overrides.items():
-        head, _, rest = key.partition(".")
-        if head not in _TOP:
-            raise ConfigError(
-                f"{source}: override {key!r}: unknown key {head!r}; allowed: {', '.join(_TOP)}"
-            )
-        if not rest:
-            out[head] = value
-            continue
-        if head == "base":
-            body = out.get("base") or {}
-            body[rest] = value
-            out["base"] = body
-            continue
-        node = out.get(head)
-        if isinstance(node, str) and head in ("searcher", "early_stopping"):
-            node = {"name": node} if head == "searcher" else {"scheduler": node}
-        if node is None:
-            node = {}
-        if not isinstance(node, dict):
-            raise ConfigError(f"{source}: override {key!r}: {head!r} is not a mapping")
-        out[head] = node
-        parts = rest.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{source}: override {key!r}: {part!r} is not a mapping")
-        node[parts[-1]] = value
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,19 +347,15 @@ def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = Non
     Raises:
         ConfigError: naming the file and the key for anything invalid.
     """
+    hint = f"keys: {', '.join(_TOP)}"
     if path is None:
-        p, text, base_dir = "<demo spec>", DEMO_SPEC_YAML, None
+        p, base_dir = "<demo spec>", None
+        raw = parse_yaml_mapping(DEMO_SPEC_YAML, p, "sweep spec", hint)
     else:
         fp = Path(path)
-        if not fp.is_file():
-            raise ConfigError(f"sweep spec file not found: {fp}")
-        p, text, base_dir = str(fp), fp.read_text(), fp.parent
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: malformed YAML: {e}") from None
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{p}: a sweep spec must be a mapping with keys {', '.join(_TOP)}")
+        p, base_dir = str(fp), fp.parent
+        raw = read_yaml(fp, "sweep spec", hint)
+    refuse_space_as_spec(raw, p)
     if overrides:
         raw = apply_overrides(raw, overrides, p)
     raw = dict(raw)
@@ -422,31 +369,26 @@ def _check_keys(body: Any, allowed: Sequence[str], where: str) -> dict[str, Any]
         raise ConfigError(
             f"{where}: expected a mapping with keys {', '.join(allowed)}, got {body!r}"
         )
-    bad = sorted(set(body) - set(allowed))
-    if bad:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(repr, bad))}; allowed: {', '.join(allowed)}"
-        )
+    check_keys(body, allowed, where)
     return dict(body)
 
 
 def _int(v: Any, where: str, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ConfigError(f"{where}: expected an integer >= {low}, got {v!r}")
-    return v
+    """An integer >= ``low`` (the one conversion of :mod:`lesionsweep.values`)."""
+    return int(convert(v, Annotated[int, Range(low, None)], where))
 
 
 def _num(v: Any, where: str, low: float, strict: bool = False) -> float:
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            pass
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ConfigError(f"{where}: expected a number, got {v!r}")
-    if v < low or (strict and v == low):
-        raise ConfigError(f"{where}: expected a number {'>' if strict else '>='} {low}, got {v!r}")
-    return float(v)
+    """A finite number >= ``low`` (> ``low`` when ``strict``)."""
+    out = float(convert(v, Annotated[float, Range(low, None)], where))
+    if strict and out == low:
+        raise ConfigError(f"{where} = {v!r} is out of range; it must be > {low:g}")
+    return out
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any], source: str) -> dict:
+    """Apply ``--set`` overrides (``budget.trials``, ``base.optim.lr``) onto a parsed spec."""
+    return _apply_overrides(raw, overrides, source, _TOP)
 
 
 def _mode(v: Any, where: str) -> str:
@@ -517,6 +459,14 @@ def spec_from_dict(
         )
     if "seed" in s_opts:
         raise ConfigError(f"{source}: searcher.seed: set the spec's top-level seed instead")
+    check_keys(
+        s_opts,
+        SAMPLERS.params(s_name),
+        source,
+        what="option",
+        prefix="searcher.",
+        owner=f"optuna's {SAMPLERS.get(s_name).__name__}",
+    )
     searcher = SearcherSpec(s_name, s_opts)
 
     # early stopping
@@ -592,6 +542,7 @@ def spec_from_dict(
     storage = raw.get("storage", "sweeps")
     if not isinstance(storage, str) or not storage:
         raise ConfigError(f"{source}: storage must be a folder path or a URI, got {storage!r}")
+    check_storage(storage, source)
     if not is_uri(storage):
         storage = str(SweepLocation.of(storage, name).storage)
 
@@ -615,11 +566,14 @@ def spec_from_dict(
             f"{source}: space_selection {selection!r} is not allowed; "
             "choose one of: round_robin, searched"
         )
+    data, base = typed_settings(data, base, spaces, source)
+    refuse_space_base_conflicts(data, spaces, source)
     context = _context(data, base, seed)
     pins = {k: v for k, v in base.items() if any(k in s.keys() for s in spaces)}
     space_set = SpaceSet(tuple(spaces), selection=selection, pins=pins)
     for s in spaces:
         validate_space(s, context=context, pins=pins)
+    check_dataset_roots(context, spaces, pins, source)
     if searcher.name == "grid":
         space_set.grid()  # raises for ranges without a grid
     spec = SweepSpec(

@@ -3,7 +3,7 @@
 A :class:`SweepLocation` wraps a ``pyarrow.fs`` filesystem and a base path. Local folders and
 shared filesystems (NFS, Lustre...) are plain paths; ``s3://``, ``gs://``, ``hdfs://`` and other
 URIs go through ``pyarrow.fs.FileSystem.from_uri``. Writes are atomic where the filesystem allows
-it: a temp file in the same folder, then a rename (local: :mod:`lesionsweep.io`; object stores:
+it: a temp file in the same folder, then a rename (local: :mod:`lesionsweep.fileio`; object stores:
 a temp key then a move, which readers never see half-written).
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from ..io import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 
 __all__ = ["SweepLocation", "is_uri"]
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import TrainingError
-from ..io import atomic_write
+from ..fileio import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from ..config import RunConfig, config_from_dict, load_config, merge_flat
 from ..data import build_dataset
 from ..errors import ConfigError, TrainingError
-from ..io import atomic_write_text
+from ..fileio import atomic_write_text
 from ..methods import method_class
 from ..metrics import LocalizationSuite
 from .checkpoint import load_checkpoint, unwrap_model

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import RunConfig
 from ..data.types import Batch, DatasetInfo, Sample, collate
-from ..errors import ConfigError
+from ..errors import ConfigError, check_keys, refuse_test_split
 from ..methods import create_loss, create_method, method_class, method_params
 from ..methods.losses import loss_names, loss_params
 
@@ -46,12 +46,7 @@ NORM_STD = 0.25
 
 def check_training_split(split: str) -> None:
     """Refuse a test split for anything but :func:`lesionsweep.training.evaluate`."""
-    if split.lower().startswith("test"):
-        raise ConfigError(
-            f"eval.split = {split!r}: a test split is reachable only through "
-            "`lesionsweep evaluate` (lesionsweep.training.evaluate), never during training or "
-            "a sweep; use a validation split such as 'val'"
-        )
+    refuse_test_split(split, "eval.split")
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -211,12 +206,7 @@ def build_method(cfg: RunConfig, info: DatasetInfo) -> torch.nn.Module:
         raise ConfigError(f"method.name = {name!r}: {e.args[0]}") from None
     params = method_params(name)
     kwargs = dict(cfg.method.kwargs)
-    bad = sorted(set(kwargs) - set(params))
-    if bad:
-        raise ConfigError(
-            f"unknown key(s) {', '.join(f'method.{k}' for k in bad)} for method {name!r}; "
-            f"allowed: {', '.join(sorted(params))}"
-        )
+    check_keys(kwargs, params, "run config", prefix="method.", owner=f"method {name!r}")
     if "in_chans" in params:
         if "in_chans" in kwargs and int(kwargs["in_chans"]) != cfg.train.in_chans:
             raise ConfigError(
@@ -239,12 +229,13 @@ def build_method(cfg: RunConfig, info: DatasetInfo) -> torch.nn.Module:
             f"loss.name = {cfg.loss.name!r} is not a registered loss; "
             f"choose one of: {', '.join(loss_names())}"
         )
-    lbad = sorted(set(cfg.loss.kwargs) - set(loss_params(cfg.loss.name)))
-    if lbad:
-        raise ConfigError(
-            f"unknown key(s) {', '.join(f'loss.{k}' for k in lbad)} for loss {cfg.loss.name!r}; "
-            f"allowed: {', '.join(sorted(loss_params(cfg.loss.name))) or '(none)'}"
-        )
+    check_keys(
+        cfg.loss.kwargs,
+        loss_params(cfg.loss.name),
+        "run config",
+        prefix="loss.",
+        owner=f"loss {cfg.loss.name!r}",
+    )
     try:
         criterion = create_loss(cfg.loss.name, **dict(cfg.loss.kwargs))
     except (TypeError, ValueError) as e:

@@ -66,8 +66,8 @@ from ..config import LOC_SPLIT_CHOICES, RunConfig, config_from_dict, dump_config
 from ..data import available_splits, build_dataset
 from ..data.cache import read_manifest
 from ..data.types import DatasetInfo
-from ..errors import ConfigError, DataError, TrainingError
-from ..io import atomic_write_text
+from ..errors import ConfigError, DataError, TrainingError, refuse_test_split
+from ..fileio import atomic_write_text
 from ..methods import method_class
 from ..metrics import LocalizationSuite
 from .checkpoint import (
@@ -194,12 +194,7 @@ def _has_loc_labels(info: DatasetInfo) -> bool:
 
 
 def _check_loc_split_name(split: str) -> None:
-    if split.lower().startswith("test"):
-        raise ConfigError(
-            f"eval.loc_split = {split!r}: a test split is reachable only through "
-            "`lesionsweep evaluate` (lesionsweep.training.evaluate), never during training or "
-            "a sweep; use 'val-loc', 'auto' or 'none'"
-        )
+    refuse_test_split(split, "eval.loc_split")
 
 
 def resolve_loc_split(cfg: RunConfig, eval_info: DatasetInfo) -> str | None:

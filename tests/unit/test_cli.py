@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,163 @@ def test_cache_preview_and_methods(tmp_path: Path, capsys: pytest.CaptureFixture
     listed = capsys.readouterr().out
     for name in ("cam", "pylon", "multiscale_cam", "minmax_entropy", "wsmis", "focal"):
         assert name in listed
+
+
+# --- bad input: exit 2, one line, no traceback, nothing written (issue 8) ------------------------
+
+LESIONSWEEP = Path(sys.executable).parent / "lesionsweep"  # the installed console script
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"
+SPACE = "name: tiny\nparameters:\n  optim.lr: {float: [1.0e-4, 1.0e-2], log: true}\n"
+SPEC = "name: s\nbase: {method.backbone: test_resnet, train.epochs: 1}\n"
+
+
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*")}
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("lesionsweep: error: ")
+    return lines[0][len("lesionsweep: error: ") :]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "argv", "expected"),
+    [
+        (
+            {"model.pt": PNG},
+            ["sweep", "model.pt"],
+            "model.pt: not a text file (byte 0 is not UTF-8); expected a YAML sweep spec",
+        ),
+        (
+            {"list.yaml": "- a\n- b\n"},
+            ["sweep", "list.yaml", "--set", "budget.trials=2"],
+            "list.yaml: a sweep spec must be a mapping of keys, got a list; keys: name,",
+        ),
+        (
+            {"run.yaml": "train: {epochs: 1000000000}\n"},
+            ["train", "run.yaml"],
+            "run.yaml: train.epochs = 1000000000 is out of range; allowed: [1, 10000]",
+        ),
+    ],
+)
+def test_real_entry_point_bad_input_exits_2_with_one_line(
+    tmp_path: Path, inputs: dict[str, str | bytes], argv: list[str], expected: str
+) -> None:
+    """The installed ``lesionsweep`` executable, in a fresh process."""
+    for name, body in inputs.items():
+        p = tmp_path / name
+        p.write_bytes(body) if isinstance(body, bytes) else p.write_text(body)
+    before = _files(tmp_path)
+    proc = subprocess.run(
+        [str(LESIONSWEEP), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert _one_line(proc.stderr).startswith(expected)
+    assert proc.stdout == ""
+    assert _files(tmp_path) == before  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("inputs", "argv", "expected"),
+    [
+        (
+            {"run.yaml": PNG},
+            ["train", "run.yaml"],
+            "run.yaml: not a text file (byte 0 is not UTF-8); expected a YAML run config",
+        ),
+        (
+            {"run.yaml": "- a\n"},
+            ["train", "run.yaml", "--set", "optim.lr=0.1"],
+            "run.yaml: a run config must be a mapping of keys, got a list; sections: method,",
+        ),
+        (
+            {"run.yaml": ""},
+            ["train", "run.yaml"],
+            "run.yaml: the run config is empty; nothing would be configured; sections: method,",
+        ),
+        (
+            {"spec.yaml": "# nothing yet\n"},
+            ["sweep", "spec.yaml"],
+            "spec.yaml: the sweep spec is empty; nothing would be configured; keys: name,",
+        ),
+        (
+            {"run.yaml": "method: {name: cam, pooling: lse, lse_r: big}\n"},
+            ["train", "run.yaml"],
+            "run.yaml: method.lse_r = 'big': expected a number (float) or null for method 'cam'",
+        ),
+        (
+            {},
+            ["sweep", "--set", "storage=ftp://host/sweeps"],
+            "<demo spec>: storage = 'ftp://host/sweeps': unsupported URI scheme 'ftp'; use a "
+            "local folder or one of: file://, s3://",
+        ),
+        (
+            {"tiny.yaml": SPACE},
+            ["sweep", "tiny.yaml"],
+            "tiny.yaml: this is a search space, not a sweep spec; list it in a spec's `spaces:` "
+            "(spaces: [tiny.yaml]), or run it with the demo settings: "
+            "lesionsweep sweep --set spaces=[tiny.yaml]",
+        ),
+        (
+            {"typo.yaml": "parameters:\n  method.pooling: {choice: [gap, lsee]}\n", "s.yaml": SPEC},
+            ["sweep", "s.yaml", "--set", "spaces=[typo.yaml]"],
+            "typo.yaml: parameter method.pooling = 'lsee' is not allowed; choose one of: gap, "
+            "gmp, lse, pcam, wildcat",
+        ),
+        (
+            {"s.yaml": SPEC + "data: {image_size: 128}\nspaces: [pylon]\n"},
+            ["sweep", "s.yaml"],
+            "s.yaml: data.image_size = 128 in the spec's data contradicts space 'pylon'",
+        ),
+        (
+            {"s.yaml": SPEC + "data: {dataset: nih, root: missing}\n"},
+            ["sweep", "s.yaml"],
+            "s.yaml: data.root = 'missing' for dataset 'nih' does not exist on this machine",
+        ),
+        (
+            {"run.yaml": "optim: {lr: 0.1}\n"},
+            ["train", "run.yaml", "--set", "lr=0.1"],
+            "run.yaml: key 'lr' must look like 'section.name'",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    inputs: dict[str, str | bytes],
+    argv: list[str],
+    expected: str,
+) -> None:
+    """The same entry function in-process (the executable costs seconds per start)."""
+    monkeypatch.chdir(tmp_path)
+    for name, body in inputs.items():
+        p = tmp_path / name
+        p.write_bytes(body) if isinstance(body, bytes) else p.write_text(body)
+    before = _files(tmp_path)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert _one_line(captured.err).startswith(expected)
+    assert captured.out == ""
+    assert _files(tmp_path) == before
+
+
+def test_every_set_option_has_one_convention() -> None:
+    """``--set PATH=VALUE`` (a dotted path into the command's YAML) on every command."""
+    import argparse
+
+    from lesionsweep.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    seen = []
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if "--set" in action.option_strings:
+                seen.append(name)
+                assert action.metavar == "PATH=VALUE", name
+                assert "dotted PATH" in (action.help or ""), name
+    assert {"train", "evaluate", "cache", "sweep"} <= set(seen)

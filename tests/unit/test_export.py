@@ -21,6 +21,7 @@ def _cfg_json(method: str, lr: float) -> str:
         "method.backbone": "test_resnet",
         "optim.lr": lr,
         "train.epochs": 2,
+        "data.image_size": 256,  # a multiple of every method's input_multiple (PYLON: 256)
     }
     return json.dumps(config_from_flat(flat).to_dict())
 

@@ -108,7 +108,10 @@ def test_representative_draws_cover_every_choice(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "fragments"),
     [
-        ({"parameters": {"method.poolng": {"choice": ["gap"]}}}, ["method.poolng", "pooling"]),
+        (
+            {"parameters": {"method.poolng": {"choice": ["gap"]}}},
+            ["unknown key 'method.poolng' for method 'cam'", "pooling"],
+        ),
         ({"parameters": {"optim.lr": {"float": [1e-2, 1e-4]}}}, ["optim.lr", "empty range"]),
         (
             {"parameters": {"optim.lr": {"float": [0.0, 1e-2], "log": True}}},
@@ -120,17 +123,23 @@ def test_representative_draws_cover_every_choice(tmp_path: Path) -> None:
         ),
         (
             {"parameters": {"method.lse_r": {"choice": ["big"]}}},
-            ["method.lse_r", "wrong type", "expects float"],
+            ["parameter method.lse_r = 'big': expected a number (float) or null for method 'cam'"],
         ),
         (
             {"parameters": {"train.epochs": {"float": [1.0, 3.5]}}},
-            ["train.epochs", "wrong type", "expects int"],
+            ["parameter train.epochs = 3.5: expected an integer in [1, 10000]"],
         ),
         ({"parameters": {"optim.lr": {"uniform": [0, 1]}}}, ["optim.lr", "uniform", "choice"]),
         ({"parameters": {"optim.lr": {"choice": []}}}, ["optim.lr", "empty"]),
-        ({"parameters": {"optim.lrr": {"float": [0.1, 0.2]}}}, ["optim.lrr", "allowed in 'optim'"]),
+        (
+            {"parameters": {"optim.lrr": {"float": [0.1, 0.2]}}},
+            ["unknown key 'optim.lrr'; allowed: factor, gamma, lr"],
+        ),
         ({"parameters": {"modl.x": {"const": 1}}}, ["modl.x", "unknown section"]),
-        ({"parameters": {"loss.gamma": {"float": [0.5, 4.0]}}}, ["loss.gamma", "'bce'"]),
+        (
+            {"parameters": {"loss.gamma": {"float": [0.5, 4.0]}}},
+            ["unknown key 'loss.gamma' for loss 'bce'; allowed: name"],
+        ),
         (
             {
                 "parameters": {
@@ -157,6 +166,17 @@ def test_representative_draws_cover_every_choice(tmp_path: Path) -> None:
         ({"parameters": {"optim.lr": {"float": [1e-4, 1e-2], "stepp": 1}}}, ["optim.lr", "stepp"]),
         ({"parameters": {"eval.split": {"const": "test"}}}, ["eval.split", "test split"]),
         ({"parameters": {"optim.name": {"choice": ["adam", "lion"]}}}, ["optim.name", "lion"]),
+        (
+            {"parameters": {"method.pooling": {"choice": ["gap", "lsee"]}}},
+            [
+                "parameter method.pooling = 'lsee' is not allowed; "
+                "choose one of: gap, gmp, lse, pcam, wildcat"
+            ],
+        ),
+        (
+            {"parameters": {"train.epochs": {"int": [1, 1_000_000_000]}}},
+            ["parameter train.epochs = 1000000000 is out of range; allowed: [1, 10000]"],
+        ),
     ],
 )
 def test_bad_spaces_name_file_and_key(tmp_path: Path, change: dict, fragments: list[str]) -> None:
@@ -174,12 +194,13 @@ def test_bad_spaces_name_file_and_key(tmp_path: Path, change: dict, fragments: l
 def test_method_key_checked_against_every_possible_method(tmp_path: Path) -> None:
     # lse_r exists for cam and multiscale_cam but not for pylon
     body = {
+        "base": {"data.image_size": 256},
         "parameters": {
             "method.name": {"choice": ["cam", "pylon"]},
             "method.lse_r": {"float": [1.0, 5.0]},
-        }
+        },
     }
-    with pytest.raises(ConfigError, match=r"method 'pylon' has no argument 'lse_r'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'method.lse_r' for method 'pylon'"):
         load_space(_write(tmp_path, body))
     # conditioned on the method, it is fine
     body["parameters"]["method.lse_r"]["when"] = {"method.name": "cam"}

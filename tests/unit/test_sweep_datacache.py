@@ -252,7 +252,7 @@ def test_ranges_over_data_settings_fall_back_clearly(
             {
                 "name": "r",
                 "base": {"method.name": "cam"},
-                "parameters": {"data.image_size": {"int": [64, 512], "step": 1}},
+                "parameters": {"data.image_size": {"int": [64, 2048], "step": 32}},
             }
         ],
     )
@@ -306,7 +306,7 @@ def test_a_shortcut_study_trial_on_the_sweep_cache_scores_as_on_the_live_phantom
         },
     )
     prepared = prepare_sweep_data(spec, spec.location.root, progress=False)
-    assert len(prepared.data_caches) == 3  # one per searched confounder_prob
+    assert len(prepared.data_caches) == 6  # per searched confounder_prob x (64 px, pylon 256 px)
     space = spec.spaces.by_name("shortcut_study")
     draws = (space.sample(RandomSuggester(seed)) for seed in range(50))
     params = next(p for p in draws if p["method.name"] == "cam" and p["method.pooling"] == "gap")

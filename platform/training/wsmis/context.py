@@ -21,7 +21,7 @@ from torch import nn
 
 from ...data.types import DatasetInfo, SplitDataset
 from ...errors import ConfigError, TrainingError
-from ...io import atomic_write_text
+from ...fileio import atomic_write_text
 from ...methods.wsmis import WSMIS
 from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from ..evaluate import json_safe

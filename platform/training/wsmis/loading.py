@@ -13,7 +13,7 @@ from torch.utils.data import Subset
 
 from ...data.types import SplitDataset
 from ...errors import DataError
-from ...io import atomic_write
+from ...fileio import atomic_write
 from ..runtime import make_loader
 
 __all__ = [

@@ -19,7 +19,7 @@ from ...config import RunConfig, dump_config
 from ...data import build_dataset
 from ...data.types import SplitDataset
 from ...errors import ConfigError, DataError, TrainingError
-from ...io import atomic_write_text
+from ...fileio import atomic_write_text
 from ...methods.wsmis import WSMIS
 from ..evaluate import json_safe
 from ..runtime import (
