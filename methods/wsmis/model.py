@@ -14,7 +14,7 @@ reaches all of them. The class declares ``runner = "wsmis"``: the training layer
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -89,12 +89,12 @@ class WSMIS(Method):
         drop_prob: float = 0.2,
         block_size: int = 7,
         dropblock_warmup_steps: int = 10,
-        cam_kind: str = "gradcam++",
+        cam_kind: Literal["cam", "gradcam", "gradcam++"] = "gradcam++",
         cam_threshold: float = 0.2,
-        ir_labels: str = "raw",
+        ir_labels: Literal["confident", "raw"] = "raw",
         conf_fg: float = 0.30,
         conf_bg: float = 0.05,
-        ir_backbone: str = "classifier",
+        ir_backbone: Literal["classifier", "pretrained"] = "classifier",
         radius: int = 10,
         beta: float = 10.0,
         exp_times: int = 8,
@@ -102,7 +102,7 @@ class WSMIS(Method):
         bg_threshold: float = 0.25,
         stage2_epochs: int = 10,
         stage2_lr: float = 0.1,
-        seg_encoder_init: str = "classifier",
+        seg_encoder_init: Literal["classifier", "pretrained"] = "classifier",
         stage3_epochs: int = 40,
         stage3_lr: float = 1e-3,
     ) -> None:
@@ -118,29 +118,29 @@ class WSMIS(Method):
             ("cam_threshold", cam_threshold), ("conf_fg", conf_fg), ("conf_bg", conf_bg),
             ("bg_threshold", bg_threshold),
         ):  # fmt: skip
-            _check(0.0 < float(val) < 1.0, f"{key}={val!r} must be in (0, 1)")
-        _check(float(conf_bg) < float(conf_fg), f"conf_bg={conf_bg} must be < conf_fg={conf_fg}")
-        _check(int(radius) >= 2, f"radius={radius!r} must be >= 2 (grid pixels)")
-        _check(int(rw_radius) >= 2, f"rw_radius={rw_radius!r} must be >= 2 (grid pixels)")
-        _check(0 <= int(exp_times) <= 12, f"exp_times={exp_times!r} must be in 0..12")
-        _check(float(beta) > 0, f"beta={beta!r} must be > 0")
-        _check(int(dropblock_warmup_steps) >= 0, "dropblock_warmup_steps must be >= 0")
+            _check(0.0 < val < 1.0, f"{key}={val!r} must be in (0, 1)")
+        _check(conf_bg < conf_fg, f"conf_bg={conf_bg} must be < conf_fg={conf_fg}")
+        _check(radius >= 2, f"radius={radius!r} must be >= 2 (grid pixels)")
+        _check(rw_radius >= 2, f"rw_radius={rw_radius!r} must be >= 2 (grid pixels)")
+        _check(0 <= exp_times <= 12, f"exp_times={exp_times!r} must be in 0..12")
+        _check(beta > 0, f"beta={beta!r} must be > 0")
+        _check(dropblock_warmup_steps >= 0, "dropblock_warmup_steps must be >= 0")
         for key, epochs in (("stage2_epochs", stage2_epochs), ("stage3_epochs", stage3_epochs)):
-            _check(int(epochs) >= 1, f"{key}={epochs!r} must be >= 1")
+            _check(epochs >= 1, f"{key}={epochs!r} must be >= 1")
         for key, lr in (("stage2_lr", stage2_lr), ("stage3_lr", stage3_lr)):
-            _check(float(lr) > 0, f"{key}={lr!r} must be > 0")
+            _check(lr > 0, f"{key}={lr!r} must be > 0")
 
-        self.in_chans = int(in_chans)
+        self.in_chans = in_chans
         self.backbone_name = backbone
         self.pretrained = pretrained
         self.settings: dict[str, Any] = dict(
-            cam_kind=cam_kind, cam_threshold=float(cam_threshold), ir_labels=ir_labels,
-            conf_fg=float(conf_fg), conf_bg=float(conf_bg), ir_backbone=ir_backbone,
-            radius=int(radius), beta=float(beta), exp_times=int(exp_times),
-            rw_radius=int(rw_radius), bg_threshold=float(bg_threshold),
-            stage2_epochs=int(stage2_epochs), stage2_lr=float(stage2_lr),
-            seg_encoder_init=seg_encoder_init, stage3_epochs=int(stage3_epochs),
-            stage3_lr=float(stage3_lr),
+            cam_kind=cam_kind, cam_threshold=cam_threshold, ir_labels=ir_labels,
+            conf_fg=conf_fg, conf_bg=conf_bg, ir_backbone=ir_backbone,
+            radius=radius, beta=beta, exp_times=exp_times,
+            rw_radius=rw_radius, bg_threshold=bg_threshold,
+            stage2_epochs=stage2_epochs, stage2_lr=stage2_lr,
+            seg_encoder_init=seg_encoder_init, stage3_epochs=stage3_epochs,
+            stage3_lr=stage3_lr,
         )  # fmt: skip
         self.backbone = create_backbone(backbone, self.in_chans, pretrained, output_stride=8)
         self.dropblock = DropBlock2D(0.0 if dropblock_warmup_steps else drop_prob, block_size)
