@@ -54,7 +54,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ..config import config_from_dict
 from ..errors import ConfigError, TrainingError
-from ._ray.session import init_ray
+from ._ray.session import init_ray, shutdown_ray  # noqa: F401 (commands call backend.shutdown_ray)
 from .hparams import write_session_end, write_session_start
 from .results import EpochRecord, ResultsStore, TrialRecord, finite_metrics
 from .spaces import SpaceSet
