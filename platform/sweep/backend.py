@@ -885,6 +885,7 @@ class _AbortStopper(tune.Stopper):
 # Ray and the Tuner
 # =============================================================================================
 
+
 def _trainable(spec: SweepSpec, root: str) -> Any:
     res = spec.resources
     if res.workers == 1:

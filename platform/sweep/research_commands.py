@@ -13,6 +13,7 @@ from typing import Any
 from .leaderboard import build_leaderboard, format_table
 from .report.data import load_sweep
 from .report.html import write_report
+from .report.render import render_in_chromium
 from .study import run_study
 
 __all__ = ["add_subparsers"]
@@ -20,7 +21,14 @@ __all__ = ["add_subparsers"]
 
 def _cmd_report(args: argparse.Namespace) -> int:
     res = write_report(args.sweep, out=args.out, by=args.by, top=args.top, n_images=args.images)
-    print(f"{res.path}  ({res.size_bytes / 1e6:.1f} MB, {res.seconds:.1f} s)")
+    print(f"{res.path}  ({res.size_bytes / 1e6:.1f} MB, written in {res.seconds:.1f} s)")
+    if args.screenshot:
+        shot = res.path.with_suffix(".png")
+        check = render_in_chromium(res.path, shot)
+        print(f"{shot}  (headless Chromium: {check.plots} plotly figure(s) drawn)")
+        if check.script_errors:
+            print("script errors:\n" + "\n".join(check.script_errors))
+            return 1
     return 0
 
 
@@ -38,6 +46,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         force=args.force,
         num_cpus=args.num_cpus,
         progress=not args.quiet,
+        n_boot=args.bootstrap,
     )
     print(res.table)
     print(f"\n{res.parquet}\n{res.markdown}")
@@ -63,6 +72,11 @@ def add_subparsers(sub: Any) -> None:
         "(default: the best trial of each method)",
     )
     r.add_argument("--images", type=int, default=4, help="validation films in the maps panel")
+    r.add_argument(
+        "--screenshot",
+        action="store_true",
+        help="also render it in headless Chromium and save report.png next to it",
+    )
     r.set_defaults(func=_cmd_report)
 
     lb = sub.add_parser(
@@ -88,6 +102,9 @@ def add_subparsers(sub: Any) -> None:
     s.add_argument("--top-k", type=int, default=1, help="configs per method (default 1)")
     s.add_argument(
         "--force", action="store_true", help="allow evaluating an already-evaluated config again"
+    )
+    s.add_argument(
+        "--bootstrap", type=int, default=200, help="bootstrap resamples for the CIs (default 200)"
     )
     s.add_argument("--num-cpus", type=int, help="logical CPUs of the local Ray (default: all)")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
