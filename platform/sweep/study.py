@@ -113,7 +113,10 @@ def _ensure_sweep(
         _log(progress, f"step 1/4: sweep into {root}")
         run_sweep(spec_path, overrides, progress=progress, num_cpus=num_cpus)
         return
-    rows = read_table_rows(root) if (root / TRIALS_FILE).is_file() else []
+    try:
+        rows = read_table_rows(root)
+    except ConfigError:
+        rows = []  # no trial recorded yet
     done = sum(1 for r in rows if r["status"] in _FINISHED)
     if done >= budget and len(rows) == done:
         _log(progress, f"step 1/4: sweep {root} already finished ({done} trials)")

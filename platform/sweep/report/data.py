@@ -134,7 +134,10 @@ def load_sweep(sweep: str | Path) -> SweepData:
     if not metrics or len(metrics) != len(modes):
         raise ConfigError(f"{loc.join(SPEC_FILE)}: objective.metrics/modes missing or unequal")
     trials = sorted(read_table(loc, TRIALS_FILE).to_pylist(), key=lambda r: r["trial_id"])
-    epochs = read_table(loc, EPOCHS_FILE).to_pylist() if loc.exists(EPOCHS_FILE) else []
+    try:  # through read_table only: it also reads tables kept as fragments
+        epochs = read_table(loc, EPOCHS_FILE).to_pylist()
+    except ConfigError:
+        epochs = []  # no epoch reported yet
     spec_raw = dict(raw)
     spec_raw["storage"], spec_raw["name"] = loc.storage, loc.name
     return SweepData(
