@@ -108,6 +108,33 @@ def _maps(panel: MapPanel) -> str:
     return f'{intro}<table class="maps"><tr><th>trial</th>{head}</tr>{"".join(rows)}</table>'
 
 
+def _markdown_tables(text: str) -> str:
+    """``study/final.md`` as HTML: its pipe tables as tables, other lines as paragraphs."""
+    out: list[str] = []
+    table: list[list[str]] = []
+
+    def flush() -> None:
+        if table:
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in table[0])
+            rows = "".join(
+                "<tr>" + "".join(f'<td class="l">{html.escape(c)}</td>' for c in r) + "</tr>"
+                for r in table[2:]
+            )
+            out.append(f"<table><tr>{head}</tr>{rows}</table>")
+            table.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            table.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        flush()
+        if line.strip():
+            body = html.escape(line.lstrip("# ")).replace("**", "")
+            out.append(f"<p>{body}</p>")
+    flush()
+    return "".join(out)
+
+
 def render_report(
     data: SweepData, by: str | None = None, top: int | None = None, n_images: int = 4
 ) -> str:
@@ -135,7 +162,7 @@ def render_report(
     local = data.location.local_path
     final_md = local / "study" / "final.md" if local is not None else None
     if final_md is not None and final_md.is_file():
-        sections["Study"] = f"<pre>{html.escape(final_md.read_text())}</pre>"
+        sections["Study"] = _markdown_tables(final_md.read_text())
     counts: dict[str, int] = {}
     for r in data.trials:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
