@@ -107,7 +107,7 @@ def build_leaderboard(data: SweepData, by: str | None = None, top: int | None = 
     params = [p for p in _varying_params(data) if p not in (by, "method.name")]
     headline = _headline_columns(data)
     columns = ["rank", "trial", "method", "status", *data.metrics, "epochs", *headline, *params]
-    buckets: dict[str, list[Mapping[str, Any]]] = {}
+    buckets: dict[str, list[dict[str, Any]]] = {}
     for r in data.trials:
         buckets.setdefault(_group_of(r, by) if by else "", []).append(r)
 

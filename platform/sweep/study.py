@@ -177,10 +177,12 @@ def run_study(
     """
     if seeds < 1 or top_k < 1:
         raise ConfigError(f"--seeds and --top-k must be >= 1, got {seeds} and {top_k}")
-    if overrides is not None and not isinstance(overrides, Mapping):
-        overrides = parse_overrides(list(overrides))
-    overrides = dict(overrides or {})
-    spec = load_spec(spec_path, overrides)
+    flat: dict[str, Any] = (
+        dict(overrides)
+        if isinstance(overrides, Mapping)
+        else parse_overrides(list(overrides or []))
+    )
+    spec = load_spec(spec_path, flat)
     dataset = str(spec.context().get("data.dataset", "phantom"))
     if TEST_SPLIT not in available_splits(dataset):
         raise ConfigError(
@@ -190,7 +192,7 @@ def run_study(
     local = spec.location.local_path
     if local is None:
         raise ConfigError(f"study: {spec.location.root} is not a local folder")
-    _ensure_sweep(spec_path, overrides, spec.budget.trials, local, num_cpus, progress)
+    _ensure_sweep(spec_path, flat, spec.budget.trials, local, num_cpus, progress)
 
     rows = read_table_rows(local)
     selected = _selected(rows, spec.objective.metric, spec.objective.mode, top_k)

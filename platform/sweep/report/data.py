@@ -233,15 +233,16 @@ def build_study(data: SweepData) -> optuna.Study:
                 continue
             if isinstance(d, optuna.distributions.CategoricalDistribution) and v not in d.choices:
                 continue
-            if not isinstance(d, optuna.distributions.CategoricalDistribution) and not (
-                d.low <= v <= d.high
-            ):
+            numeric = (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution)
+            if isinstance(d, numeric) and not d.low <= v <= d.high:
                 continue
             params[key], pdists[key] = v, d
         frozen.append(
             optuna.trial.create_trial(
                 state=state,
-                values=values if state == optuna.trial.TrialState.COMPLETE else None,
+                values=[float(v) for v in values if v is not None]
+                if state == optuna.trial.TrialState.COMPLETE
+                else None,
                 params=params,
                 distributions=pdists,
                 intermediate_values=by_trial.get(row["trial_id"], {}),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ def png_data_uri(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def choose_trials(data: SweepData, top: int | None = None) -> list[Mapping[str, Any]]:
+def choose_trials(data: SweepData, top: int | None = None) -> list[dict[str, Any]]:
     """The completed trials to show: the best of each method (``top=None``), else the top
     ``top`` overall, ranked on the first objective metric."""
     done = [

@@ -9,7 +9,7 @@ what :mod:`optuna.visualization` draws; the one added figure is the search-effic
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import optuna
 import optuna.visualization as vis
@@ -27,7 +27,7 @@ __all__ = [
     "Figure",
 ]
 
-Figure = go.Figure | str  # a figure, or a note saying why there is none
+Figure: TypeAlias = "go.Figure | str"  # a figure, or a note saying why there is none
 
 
 def _target(study: optuna.Study) -> Callable[[optuna.trial.FrozenTrial], float] | None:
