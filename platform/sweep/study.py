@@ -259,7 +259,12 @@ def run_study(
     _log(progress, "step 4/4: final table")
     parquet = study / "final.parquet"
     _write_parquet(parquet, runs)
-    table = format_study(runs, TEST_SPLIT, len(ledger.entries), n_boot=n_boot, sweep=spec.name)
+    per_method: dict[str, int] = {}
+    for r in rows:
+        per_method[r["method"]] = per_method.get(r["method"], 0) + 1
+    table = format_study(
+        runs, TEST_SPLIT, len(ledger.entries), n_boot=n_boot, sweep=spec.name, budget=per_method
+    )
     markdown = study / "final.md"
     atomic_write_text(markdown, table)
     return StudyResult(local, parquet, markdown, table, len(ledger.entries), runs)

@@ -75,9 +75,15 @@ def _method_ci(
 
 
 def format_study(
-    runs: Sequence[StudyRun], split: str, evaluations: int, n_boot: int = 200, sweep: str = ""
+    runs: Sequence[StudyRun],
+    split: str,
+    evaluations: int,
+    n_boot: int = 200,
+    sweep: str = "",
+    budget: Mapping[str, int] | None = None,
 ) -> str:
-    """The markdown table (see the module docstring)."""
+    """The markdown table (see the module docstring); ``budget``: sweep trials per method
+    (an unequal split is flagged: the comparison then favours the method with more trials)."""
     by_method: dict[str, list[StudyRun]] = {}
     for r in runs:
         by_method.setdefault(r.method, []).append(r)
@@ -89,6 +95,21 @@ def format_study(
         "`study/ledger.jsonl`). Cells: mean ± std over the method's runs (configs × seeds), "
         f"[95% bootstrap CI over the {split} images, {n_boot} resamples, of that mean].",
         "",
+    ]
+    if budget:
+        counts = ", ".join(f"{m} {n}" for m, n in sorted(budget.items()))
+        equal = len(set(budget.values())) == 1
+        lines += [
+            f"Sweep trials per method: {counts}"
+            + (
+                "."
+                if equal
+                else " (UNEQUAL search budget: give each method its own space with "
+                "space_selection round_robin for a fair comparison)."
+            ),
+            "",
+        ]
+    lines += [
         "| method | runs | " + " | ".join(t for _, t in present) + " |",
         "|---|---:|" + "---:|" * len(present),
     ]
