@@ -1,7 +1,8 @@
 """Search efficiency: TPE + ASHA against random search without early stopping.
 
 Both arms sweep the same space (CAM vs multi-scale CAM, pooling, loss, learning rate: the demo
-space) on the phantom with a small backbone, with the same number of trials and the same
+space) on the phantom with a small backbone, with the same number of trials (``--tpe-trials``
+gives TPE + ASHA more, e.g. about the same epoch budget as random search) and the same
 ``--seeds`` sweep seeds (sampler seed and every trial's training seed). For each run the
 search-efficiency curve is read back from the sweep folder exactly as the report draws it
 (:func:`lesionsweep.sweep.report.data.best_so_far`: best *final* validation objective of a
@@ -52,7 +53,7 @@ def _spec(folder: Path, name: str, args: argparse.Namespace, seed: int, tpe_asha
         "early_stopping": (
             {"scheduler": "asha", "grace_period": 1, "reduction_factor": 3} if tpe_asha else "none"
         ),
-        "budget": {"trials": args.trials},
+        "budget": {"trials": args.tpe_trials if tpe_asha else args.trials},
         "concurrency": args.concurrency,
         "seed": seed,
         "storage": str(folder),
@@ -82,6 +83,12 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument(
+        "--tpe-trials",
+        type=int,
+        help="trials of the TPE + ASHA arm (default: --trials; more trials give it about the "
+        "same epoch budget as random search, since ASHA stops most of them early)",
+    )
     ap.add_argument("--startup", type=int, default=4, help="TPE's random start-up trials")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--num-train", type=int, default=128)
@@ -92,6 +99,7 @@ def main() -> int:
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--keep", help="keep the sweep folders here (default: a temp folder)")
     args = ap.parse_args()
+    args.tpe_trials = args.tpe_trials or args.trials
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from lesionsweep.sweep import backend
