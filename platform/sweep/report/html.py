@@ -209,4 +209,5 @@ def write_report(
         path = Path(out)
     text = render_report(data, by=by, top=top, n_images=n_images)
     atomic_write_text(path, text)
+    path.chmod(0o644)  # a report is meant to be shared (the temp file was 0600)
     return ReportResult(path, len(text.encode()), time.monotonic() - t0)
