@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_subparsers(sub)
+    from .sweep.research_commands import add_subparsers as add_research
+
+    add_research(sub)  # report, leaderboard, study
     return p
 
 

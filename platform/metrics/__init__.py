@@ -12,6 +12,7 @@ boxes only by :func:`boxes_to_wsol_convention`.
 from __future__ import annotations
 
 from .auroc import AurocEvaluator, auroc_micro, auroc_per_class
+from .bootstrap import BootstrapCI, RunOutputs, bootstrap_suite
 from .common import MetricInputError
 from .dice import DiceEvaluator, binary_f1_pooled, confusion_counts, dice_per_image
 from .nih import (
@@ -37,6 +38,9 @@ from .wsol import (
 )
 
 __all__ = [
+    "BootstrapCI",
+    "RunOutputs",
+    "bootstrap_suite",
     "LocalizationSuite",
     "MAP_KINDS",
     "MetricInputError",

@@ -103,6 +103,17 @@ def _run(
     )
 
 
+def add_spec_set_option(parser: argparse.ArgumentParser) -> None:
+    """The sweep commands' ``--set PATH=VALUE`` (the CLI's one convention, on a sweep spec)."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="PATH=VALUE",
+        help="override one value of the sweep spec: a dotted PATH into its YAML and a YAML "
+        "VALUE, e.g. budget.trials=4, base.optim.lr=1e-3, storage=s3://b/p (repeatable)",
+    )
+
+
 def profile_overrides(profile: str) -> dict[str, Any]:
     """A resource profile (shipped name or YAML path) as spec overrides.
 
@@ -275,13 +286,7 @@ def add_subparsers(sub: Any) -> None:
         "trials.parquet and epochs.parquet; TensorBoard: tensorboard --logdir <storage>/<name>.",
     )
     s.add_argument("spec", nargs="?", help="sweep spec YAML (default: the built-in demo)")
-    s.add_argument(
-        "--set",
-        action="append",
-        metavar="PATH=VALUE",
-        help="override one value of the sweep spec: a dotted PATH into its YAML and a YAML "
-        "VALUE, e.g. budget.trials=4, base.optim.lr=1e-3, storage=s3://b/p (repeatable)",
-    )
+    add_spec_set_option(s)
     s.add_argument(
         "--profile",
         help="resource profile merged into the spec: cpu-laptop, shared-gpu, gpu-node, ddp-4gpu "

@@ -54,6 +54,7 @@ def evaluate_model(
     channels_last: bool = False,
     amp_dtype: torch.dtype | None = None,
     overlays: int = 0,
+    outputs: list[tuple[np.ndarray, np.ndarray, list[str]]] | None = None,
 ) -> tuple[dict[str, float], list[OverlayItem]]:
     """Run ``model`` over ``loader`` and compute the suite's metrics plus the mean loss.
 
@@ -101,6 +102,8 @@ def evaluate_model(
             loss_sum += loss.detach().double() * len(batch)
             n_images += len(batch)
             suite.accumulate(logits, maps, batch, map_kind)
+            if outputs is not None:
+                outputs.append((logits.cpu().numpy(), maps.cpu().numpy(), list(batch.ids)))
             if overlays and len(with_pos) < overlays:
                 _collect(batch, logits, maps, overlays, with_pos, others)
     finally:
@@ -172,6 +175,7 @@ def evaluate(
     which: str = "best",
     checkpoint: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    outputs_path: str | Path | None = None,
 ) -> dict[str, float]:
     """Evaluate a trained method once on ``split`` (the only path to a test split).
 
@@ -188,6 +192,10 @@ def evaluate(
         checkpoint: weights file when ``source`` is a config.
         overrides: flat ``section.key`` values applied to the stored config (e.g.
             ``{"data.root": "/data/nih"}`` when the data moved).
+        outputs_path: also save the per-image outputs as ``.npz`` there (atomically): ``logits``
+            float32 ``[N, K]``, ``maps`` float32 ``[N, K, h, w]``, ``ids`` ``[N]`` (dataset
+            order) and ``map_kind``, so :func:`lesionsweep.metrics.bootstrap_suite` can resample
+            images. Not written for runs evaluated through an ``evaluate_run`` hook.
 
     Returns:
         ``{"<split>/<suite key>": value, ..., "<split>/loss": value, "epoch": checkpoint epoch}``.
@@ -238,6 +246,9 @@ def evaluate(
         device=dev,
     )
     suite = LocalizationSuite(info, cfg.data.image_size, cfg.eval.cam_curve_interval)
+    kept: list[tuple[np.ndarray, np.ndarray, list[str]]] | None = (
+        [] if outputs_path is not None else None
+    )
     metrics, _ = evaluate_model(
         model,
         loader,
@@ -246,12 +257,27 @@ def evaluate(
         in_chans=cfg.train.in_chans,
         channels_last=cfg.train.channels_last,
         amp_dtype=autocast_dtype(dev, cfg.train.amp),
+        outputs=kept,
     )
+    if kept is not None and outputs_path is not None:
+        _write_outputs(Path(outputs_path), kept, unwrap_model(model).map_kind)
     out = {f"{split}/{k}": v for k, v in metrics.items()}
     out["epoch"] = float(state["epoch"]) if state is not None else 0.0
     if out_path is not None:
         _write_result(Path(out_path), split, str(ckpt_path) if ckpt_path else None, out)
     return out
+
+
+def _write_outputs(
+    path: Path, kept: list[tuple[np.ndarray, np.ndarray, list[str]]], map_kind: str
+) -> None:
+    logits = np.concatenate([k[0] for k in kept]).astype(np.float32)
+    maps = np.concatenate([k[1] for k in kept]).astype(np.float32)
+    ids = np.asarray([i for k in kept for i in k[2]], dtype=str)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, logits=logits, maps=maps, ids=ids, map_kind=np.asarray(map_kind))
+    tmp.replace(path)
 
 
 def _write_result(path: Path, split: str, checkpoint: str | None, out: Mapping[str, Any]) -> None:

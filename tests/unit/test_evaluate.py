@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 import torch
 from lesionsweep.config import config_from_dict
+from lesionsweep.data import build_dataset
 from lesionsweep.data.types import Sample, collate
 from lesionsweep.errors import ConfigError, TrainingError
+from lesionsweep.metrics import LocalizationSuite, RunOutputs
+from lesionsweep.metrics.bootstrap import ImageContributions
 from lesionsweep.training import (
     OverlayItem,
     TrainResult,
@@ -232,3 +235,21 @@ def test_evaluate_model_keeps_positive_images_for_overlays() -> None:
     assert items[0].maps.shape == (2, 2, 2) and items[0].image.shape == (64, 64)
     assert "loss" in metrics and "point_acc_micro" in metrics
     assert model.training  # the train/eval mode is restored
+
+
+def test_evaluate_saves_per_image_outputs_that_rescore_to_its_metrics(
+    run: TrainResult, tmp_path: Path
+) -> None:
+    npz = tmp_path / "out.npz"
+    m = evaluate(run.out_dir, "test-loc", device="cpu", which="last", outputs_path=npz)
+    cfg = config_from_dict(RAW)
+    ds = build_dataset(cfg.data, "test-loc")
+    with np.load(npz) as z:
+        assert z["logits"].shape == (16, ds.info.num_classes)
+        assert z["maps"].shape[:2] == (16, ds.info.num_classes)
+        assert z["ids"].tolist() == [ds[i].id for i in range(len(ds))]
+        outs = RunOutputs(z["logits"], z["maps"], str(z["map_kind"]))
+    suite = LocalizationSuite(ds.info, 64, cfg.eval.cam_curve_interval)
+    again = ImageContributions(suite, [ds[i] for i in range(len(ds))], outs).compute(np.arange(16))
+    for key in ("auroc_macro", "point_acc_macro", "iobb@0.5", "maxboxacc_v2", "pxap"):
+        assert again[key] == pytest.approx(m[f"test-loc/{key}"], rel=1e-6, nan_ok=True)

@@ -764,7 +764,7 @@ def test_loc_every_skips_localization_epochs_only(
 
 
 def test_checkpoint_policy_and_loc_every_config_errors() -> None:
-    with pytest.raises(ConfigError, match=r"eval\.loc_every = 0 is out of range; allowed: \[1, inf\]"):
+    with pytest.raises(ConfigError, match=r"eval\.loc_every = 0 is out of range; allowed"):
         tiny(eval={"loc_every": 0})
     with pytest.raises(ConfigError, match=r"train\.keep_checkpoint = 'all'.*best, last, none"):
         tiny(train={"keep_checkpoint": "all"})

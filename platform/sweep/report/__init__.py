@@ -1,0 +1,1 @@
+"""The sweep report: data (tables + in-memory Optuna study), plots, maps, HTML."""
