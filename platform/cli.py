@@ -14,8 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import parse_overrides
+from .config import DataConfig, config_from_dict, load_config, merge_flat, parse_overrides
+from .data import build_cache
+from .data.phantom import save_preview
 from .errors import LesionSweepError
+from .methods import loss_names, loss_params, method_names, method_params
+from .sweep.commands import add_subparsers as add_sweep_commands
+from .sweep.research_commands import add_subparsers as add_research_commands
+from .training import evaluate, run_training
 
 #: the one ``--set`` convention of every command: a dotted path into the YAML file it reads
 SET_METAVAR = "PATH=VALUE"
@@ -34,9 +40,6 @@ def add_set_option(parser: argparse.ArgumentParser, help_text: str = CONFIG_SET_
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .training import run_training
-
     cfg = load_config(args.config, overrides=parse_overrides(args.set))
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     res = run_training(cfg, out, resume=not args.no_resume, progress=True)
@@ -56,9 +59,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .training import evaluate
-
     source: Any = args.source
     if Path(source).suffix in (".yaml", ".yml"):
         source = load_config(source, overrides=parse_overrides(args.set))
@@ -75,9 +75,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from .config import DataConfig, config_from_dict, load_config, merge_flat
-    from .data import build_cache
-
     if args.config:
         data_cfg = load_config(args.config, overrides=parse_overrides(args.set)).data
     else:
@@ -100,16 +97,12 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:
-    from .data.phantom import save_preview
-
     save_preview(args.out, n=args.n, image_size=args.image_size, seed=args.seed)
     print(f"phantom preview written to {args.out}")
     return 0
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from lesionsweep.methods import loss_names, loss_params, method_names, method_params
-
     for name in method_names():
         params = ", ".join(f"{k}={p.default!r}" for k, p in method_params(name).items())
         print(f"method {name}: {params}")
@@ -171,15 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("methods", help="list registered methods and losses with their defaults")
     m.set_defaults(func=_cmd_methods)
 
-    try:  # the sweep commands (Ray) register themselves
-        from .sweep.commands import add_subparsers
-    except ImportError:  # pragma: no cover - during development only
-        pass
-    else:
-        add_subparsers(sub)
-    from .sweep.research_commands import add_subparsers as add_research
-
-    add_research(sub)  # report, leaderboard, study
+    add_sweep_commands(sub)  # sweep, resume, export, compact (Ray is imported when one runs)
+    add_research_commands(sub)  # report, leaderboard, study
     return p
 
 

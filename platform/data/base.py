@@ -26,7 +26,14 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .images import read_image, resize_image, resize_mask, scale_boxes
+from .images import (
+    DICOM_EXTENSIONS,
+    pydicom_available,
+    read_image,
+    resize_image,
+    resize_mask,
+    scale_boxes,
+)
 from .types import DatasetInfo, Sample, empty_boxes
 
 SPLITS = ("train", "val", "val-loc", "test-loc", "test")
@@ -183,8 +190,6 @@ def hash_split_rows(
 
 def require_pydicom(paths: Sequence[Path | None], what: str) -> None:
     """Raise :class:`DataError` when some path is a DICOM file and pydicom is missing."""
-    from .images import DICOM_EXTENSIONS, pydicom_available
-
     if any(p is not None and p.suffix.lower() in DICOM_EXTENSIONS for p in paths):
         if not pydicom_available():
             raise DataError(

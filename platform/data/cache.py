@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import DataConfig
 from ..errors import DataError
 from ..fileio import atomic_write_text
+from .sources import available_splits, build_source_dataset, resolved_options
 from .types import DatasetInfo, Sample, SplitDataset, empty_boxes
 
 CACHE_FORMAT = "lesionsweep-cache"
@@ -298,8 +299,6 @@ def build_cache(
             error (missing files, unreadable image without ``skip_bad_images``). Nothing is left
             under ``out_dir`` on failure.
     """
-    from .factory import available_splits, build_source_dataset, resolved_options
-
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise DataError(f"cache folder {out} already exists (pass overwrite=True to replace it)")
@@ -575,8 +574,6 @@ class CachedDataset(Dataset[Sample]):
     def check_matches(self, cfg: DataConfig) -> None:
         """Raise :class:`DataError` unless this cache was built for ``cfg``'s dataset, image size
         and (resolved) options."""
-        from .factory import resolved_options
-
         src = self.manifest["source"]
         where = f"cache {self.cache_dir}"
         if src.get("dataset") != cfg.dataset:

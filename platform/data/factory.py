@@ -1,107 +1,32 @@
 """One entry point from a :class:`~lesionsweep.config.DataConfig` to a dataset split.
 
-``build_dataset(cfg, split)`` returns a ``torch.utils.data.Dataset`` of
-:class:`~lesionsweep.data.types.Sample` with an ``.info`` (:class:`DatasetInfo`), dispatching on
-``cfg.dataset``; when ``cfg.cache`` is set it reads that preprocessed cache instead
-(:class:`~lesionsweep.data.cache.CachedDataset`) after checking it matches the config. Loader
-modules are imported lazily, so importing this module costs nothing.
+``build_dataset(cfg, split)`` returns a dataset of :class:`~lesionsweep.data.types.Sample` with an
+``.info`` (:class:`DatasetInfo`), dispatching on ``cfg.dataset`` (:mod:`.sources`); when
+``cfg.cache`` is set it reads that preprocessed cache instead
+(:class:`~lesionsweep.data.cache.CachedDataset`) after checking it matches the config.
 """
 
 from __future__ import annotations
 
-import importlib
-import typing
-from collections.abc import Mapping
-from typing import Any
-
-from lesionsweep.methods.registry import Registry
-
-from ..config import DataConfig, DatasetName
-from ..errors import DataError
-from .base import SPLITS
+from ..config import DataConfig
+from .cache import CachedDataset
+from .sources import (
+    DATASETS,
+    available_splits,
+    build_source_dataset,
+    dataset_class,
+    resolved_options,
+)
 from .types import SplitDataset
 
-#: dataset name -> (module, class) of its loader, imported on first use. The names are the ones
-#: :data:`lesionsweep.config.DatasetName` declares (a test checks they agree).
-DATASETS: Registry[Any] = Registry("dataset")
-DATASETS.add("phantom", ("lesionsweep.data.phantom", "PhantomDataset"))  # type: ignore[arg-type]
-DATASETS.add("nih", ("lesionsweep.data.nih", "NIHDataset"))  # type: ignore[arg-type]
-DATASETS.add("siim", ("lesionsweep.data.siim", "SIIMDataset"))  # type: ignore[arg-type]
-DATASETS.add("rsna", ("lesionsweep.data.rsna", "RSNADataset"))  # type: ignore[arg-type]
-DATASETS.add("chexpert", ("lesionsweep.data.chexpert", "CheXpertDataset"))  # type: ignore[arg-type]
-# DataConfig fields the phantom takes as arguments; options may not repeat them
-_PHANTOM_RESERVED = ("split", "image_size", "classes")
-
-
-def dataset_class(name: str) -> Any:
-    """The loader class registered under ``name`` (imported on first use)."""
-    if name not in DATASETS:
-        names = ", ".join(typing.get_args(DatasetName))
-        raise DataError(f"unknown dataset {name!r}; choose one of: {names}")
-    module, cls = typing.cast(tuple[str, str], DATASETS[name])
-    return getattr(importlib.import_module(module), cls)
-
-
-def available_splits(name: str, data: DataConfig | None = None) -> tuple[str, ...]:
-    """Splits dataset ``name`` offers (the phantom has all five); with ``data``, the splits its
-    root and options offer (a loader may offer its localization splits only when their optional
-    files are present, see ``offered_splits``)."""
-    cls = dataset_class(name)
-    offered = getattr(cls, "offered_splits", None)
-    if data is not None and offered is not None:
-        return tuple(offered(data.root, resolved_options(data)))
-    return tuple(getattr(cls, "splits", SPLITS))
-
-
-def resolved_options(cfg: DataConfig) -> dict[str, Any]:
-    """``cfg.options`` validated and completed with the loader's defaults (no file access).
-
-    The phantom validates its options when built; here they are returned as given.
-    """
-    cls = dataset_class(cfg.dataset)
-    if hasattr(cls, "resolve_options"):
-        return dict(cls.resolve_options(cfg.options))
-    return _plain(cfg.options)
-
-
-def _plain(options: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _plain(v) if isinstance(v, Mapping) else v for k, v in dict(options).items()}
-
-
-def build_source_dataset(cfg: DataConfig, split: str) -> SplitDataset:
-    """Build ``split`` of ``cfg.dataset`` from the original files (never from a cache)."""
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; splits are: {', '.join(SPLITS)}")
-    cls = dataset_class(cfg.dataset)
-    have = available_splits(cfg.dataset)
-    if split not in have:
-        raise DataError(
-            f"split {split!r} is not available for dataset {cfg.dataset!r}; it has: "
-            f"{', '.join(have)}"
-        )
-    if cfg.dataset == "phantom":
-        bad = [k for k in cfg.options if k in _PHANTOM_RESERVED]
-        if bad:
-            raise DataError(
-                f"data.options {bad} for the phantom repeat data config fields; set data.split "
-                "/ data.image_size / data.classes through the config instead"
-            )
-        try:
-            return cls(
-                split=split, image_size=cfg.image_size, classes=cfg.classes, **dict(cfg.options)
-            )
-        except TypeError as e:  # the phantom reports unknown keyword options as TypeError
-            raise DataError(f"dataset 'phantom': {e}") from None
-    if not cfg.root:
-        raise DataError(f"data.root is required for dataset {cfg.dataset!r}")
-    return cls(
-        root=cfg.root,
-        split=split,
-        image_size=cfg.image_size,
-        classes=cfg.classes,
-        skip_bad_images=cfg.skip_bad_images,
-        options=cfg.options,
-    )
+__all__ = [
+    "DATASETS",
+    "available_splits",
+    "build_dataset",
+    "build_source_dataset",
+    "dataset_class",
+    "resolved_options",
+]
 
 
 def build_dataset(cfg: DataConfig, split: str) -> SplitDataset:
@@ -127,8 +52,6 @@ def build_dataset(cfg: DataConfig, split: str) -> SplitDataset:
             unknown option, missing or malformed files, unreadable images.
     """
     if cfg.cache:
-        from .cache import CachedDataset
-
         ds = CachedDataset(cfg.cache, split, classes=cfg.classes)
         ds.check_matches(cfg)
         return ds

@@ -18,9 +18,12 @@ from typing import Any
 
 import yaml
 
+from ..cluster import profile_path
 from ..errors import ConfigError
 from ..values import read_yaml
+from .datacache import prepare_sweep_data
 from .export import SPEC_FILE, Exported, export_sweep
+from .results import read_table
 from .spec import SweepSpec, load_spec, parse_overrides, spec_from_dict
 from .storage import SweepLocation
 from .summary import SweepSummary, summarize
@@ -55,8 +58,6 @@ def _auto_export(spec: SweepSpec, root: str) -> list[str]:
 
 
 def _methods(root: str) -> list[str]:
-    from .results import read_table
-
     t = read_table(SweepLocation(root))
     return sorted(set(t.column("method").to_pylist())) if t.num_rows else []
 
@@ -70,12 +71,10 @@ def _run(
     num_cpus: int | None = None,
     on_connected: Callable[[], None] | None = None,
 ) -> SweepSummary:
-    from . import backend
+    from . import backend  # Ray: imported only when a sweep runs (seconds of start-up)
 
     root = spec.location.root
     t0 = time.monotonic()
-    from .datacache import prepare_sweep_data  # imports torch: kept out of the CLI's start-up
-
     started = backend.init_ray(address, num_cpus=num_cpus)  # ConfigError before any write
     try:
         # connected: the data first (a refused data config writes no sweep.yaml), then the spec
@@ -119,8 +118,6 @@ def profile_overrides(profile: str) -> dict[str, Any]:
 
     A profile is a partial spec (``resources``, ``concurrency``, ``base``, ``storage``...).
     """
-    from lesionsweep.cluster import profile_path
-
     p = profile_path(profile)
     raw = read_yaml(p, "resource profile", hint="spec keys such as resources, concurrency")
     out: dict[str, Any] = {}
