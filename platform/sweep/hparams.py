@@ -25,18 +25,30 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-__all__ = ["hparam_value", "write_session_start", "write_session_end", "HPARAMS_SUFFIX"]
+__all__ = [
+    "hparam_value",
+    "write_session_start",
+    "write_session_end",
+    "HPARAMS_SUFFIX",
+    "STATUS_TAG",
+    "STATUS_CODES",
+]
 
 #: event files written here end with this suffix (the trainer's do not)
 HPARAMS_SUFFIX = ".hparams"
 
+#: HParams has four session statuses; a pruned or budget-stopped trial is not a success, so it
+#: gets ``STATUS_UNKNOWN`` and the exact status is the scalar :data:`STATUS_TAG` (codes below)
 _STATUS = {
     "completed": api_pb2.STATUS_SUCCESS,
-    "pruned": api_pb2.STATUS_SUCCESS,
-    "stopped": api_pb2.STATUS_SUCCESS,
+    "pruned": api_pb2.STATUS_UNKNOWN,
+    "stopped": api_pb2.STATUS_UNKNOWN,
     "failed": api_pb2.STATUS_FAILURE,
     "running": api_pb2.STATUS_RUNNING,
 }
+#: scalar written at a session's end: the trial's status as a number (a metric column in HParams)
+STATUS_TAG = "trial/status"
+STATUS_CODES = {"completed": 1.0, "pruned": 2.0, "stopped": 3.0, "failed": 4.0}
 
 
 def hparam_value(v: Any) -> str | bool | int | float:
@@ -107,11 +119,29 @@ def write_session_start(
     )
 
 
-def write_session_end(logdir: str | Path, status: str, end_time_s: float | None = None) -> None:
-    """Write a trial's ``session_end_info`` (``completed``/``pruned``/``stopped``/``failed``)."""
+def write_session_end(
+    logdir: str | Path, status: str, end_time_s: float | None = None, step: int = 0
+) -> None:
+    """Write a trial's ``session_end_info`` and its :data:`STATUS_TAG` scalar.
+
+    Args:
+        logdir: the trial's TensorBoard folder.
+        status: ``completed`` (STATUS_SUCCESS), ``failed`` (STATUS_FAILURE), ``pruned`` /
+            ``stopped`` (STATUS_UNKNOWN); the scalar tells them apart (:data:`STATUS_CODES`).
+        end_time_s: UNIX end time (default now).
+        step: the step of the scalar (the trial's last epoch).
+    """
     info = plugin_data_pb2.SessionEndInfo(
         status=_STATUS.get(status, api_pb2.STATUS_UNKNOWN), end_time_secs=end_time_s or time.time()
     )
+    if status in STATUS_CODES:
+        _write(
+            Path(logdir),
+            summary_pb2.Summary(
+                value=[summary_pb2.Summary.Value(tag=STATUS_TAG, simple_value=STATUS_CODES[status])]
+            ),
+            step=step,
+        )
     _write(
         Path(logdir),
         _summary(

@@ -109,6 +109,29 @@ class SweepLocation:
             f.write(data)
         fs.move(tmp, p)
 
+    def list(self, rel: str, suffix: str = "") -> list[str]:
+        """Files directly in the folder ``rel`` (paths relative to the root, sorted; [] if the
+        folder does not exist). Temp files of atomic writes (``.*``) are skipped."""
+        fs, p = self._fs(self.join(rel))
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        names = sorted(
+            posixpath.basename(i.path)
+            for i in infos
+            if i.type == pafs.FileType.File and i.path.endswith(suffix)
+        )
+        return [f"{rel}/{n}" for n in names if not n.startswith(".")]
+
+    def delete(self, rel: str) -> None:
+        """Remove a file (no error if it is already gone)."""
+        fs, p = self._fs(self.join(rel))
+        try:
+            fs.delete_file(p)
+        except FileNotFoundError:
+            pass
+
     def makedirs(self) -> None:
         if self.is_local:
             os.makedirs(self.root, exist_ok=True)
