@@ -322,7 +322,7 @@ def to_parquet_bytes(table: pa.Table) -> bytes:
 
 
 def _read_checked(location: SweepLocation, rel: str) -> pa.Table:
-    table = pq.read_table(io.BytesIO(location.read_bytes(rel)))
+    table = pq.ParquetFile(io.BytesIO(location.read_bytes(rel))).read()
     meta = table.schema.metadata or {}
     version = int(meta.get(_META_VERSION, b"0"))
     if version != SCHEMA_VERSION:

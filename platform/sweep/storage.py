@@ -95,11 +95,12 @@ class SweepLocation:
         with fs.open_input_stream(p) as f:
             return f.read()
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write atomically (temp + rename/move)."""
+    def write_bytes(self, rel: str, data: bytes, durable: bool = True) -> None:
+        """Write atomically (temp + rename/move); ``durable=False`` skips the fsync of a local
+        file (still atomic: never torn for a reader or after a process dies)."""
         target = self.join(rel)
         if self.is_local:
-            atomic_write_bytes(Path(target), data)
+            atomic_write_bytes(Path(target), data, fsync=durable)
             return
         fs, p = self._fs(target)
         parent = posixpath.dirname(p)

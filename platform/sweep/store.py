@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError
@@ -50,24 +51,48 @@ def write_epoch_fragment(
 ) -> None:
     """Write (replace) a trial's epoch fragment: all of its epochs so far (trial side)."""
     table = records_to_table(sorted(rows, key=lambda e: e.epoch), EpochRecord, None, sweep)
-    location.write_bytes(fragment_path(EPOCHS_FILE, trial_id), to_parquet_bytes(table))
+    location.write_bytes(
+        fragment_path(EPOCHS_FILE, trial_id), to_parquet_bytes(table), durable=False
+    )
 
 
-def read_epochs_of(location: SweepLocation, trial_id: str) -> list[EpochRecord]:
-    """A trial's epoch rows: its fragment if it has one, else its rows in ``epochs.parquet``."""
+def read_epochs_of(
+    location: SweepLocation, trial_id: str, headline_only: bool = False
+) -> list[EpochRecord]:
+    """A trial's epoch rows: its fragment if it has one, else its rows in ``epochs.parquet``.
+
+    Args:
+        location: the sweep folder.
+        trial_id: the trial.
+        headline_only: read only the fixed columns and metrics without a per-class breakdown
+            (at most one ``/``): what the trials table needs, a fraction of the columns.
+    """
     rel = fragment_path(EPOCHS_FILE, trial_id)
+    t = None
     if location.exists(rel):
         try:
-            t = pq.read_table(io.BytesIO(location.read_bytes(rel)))
-            return sorted(table_to_records(t, EpochRecord), key=lambda e: e.epoch)
+            t = _read_columns(pq.ParquetFile(io.BytesIO(location.read_bytes(rel))), headline_only)
         except FileNotFoundError:
-            pass  # compacted meanwhile: read the root file
-    if not location.exists(EPOCHS_FILE):
-        return []
-    t = pq.read_table(
-        io.BytesIO(location.read_bytes(EPOCHS_FILE)), filters=[("trial_id", "=", trial_id)]
-    )
+            t = None  # compacted meanwhile: read the root file
+    if t is None:
+        if not location.exists(EPOCHS_FILE):
+            return []
+        fs, path = location._fs(location.join(EPOCHS_FILE))
+        cols = None
+        if headline_only:
+            cols = _headline_columns(pq.read_schema(path, filesystem=fs))
+        t = pq.read_table(path, filesystem=fs, columns=cols, filters=[("trial_id", "=", trial_id)])
     return sorted(table_to_records(t, EpochRecord), key=lambda e: e.epoch)
+
+
+def _headline_columns(schema: pa.Schema) -> list[str]:
+    return [n for n in schema.names if n.count("/") <= 1]
+
+
+def _read_columns(f: pq.ParquetFile, headline_only: bool) -> pa.Table:
+    if not headline_only:
+        return f.read()
+    return f.read(columns=_headline_columns(f.schema_arrow))
 
 
 class ResultsStore:
@@ -105,10 +130,12 @@ class ResultsStore:
 
     def write_trial(self, rec: TrialRecord) -> None:
         table = records_to_table([rec], TrialRecord, self.param_types, self.sweep)
-        self.location.write_bytes(fragment_path(TRIALS_FILE, rec.trial_id), to_parquet_bytes(table))
+        self.location.write_bytes(
+            fragment_path(TRIALS_FILE, rec.trial_id), to_parquet_bytes(table), durable=False
+        )
 
-    def epochs_of(self, trial_id: str) -> list[EpochRecord]:
-        return read_epochs_of(self.location, trial_id)
+    def epochs_of(self, trial_id: str, headline_only: bool = False) -> list[EpochRecord]:
+        return read_epochs_of(self.location, trial_id, headline_only)
 
     def drop_trial(self, trial_id: str) -> None:
         """Forget a trial: its row, its fragments and its rows in the root tables."""
@@ -181,7 +208,7 @@ def compact(
         if location.exists(TRIALS_FILE)
         else None
     )
-    frag_t = [pq.read_table(io.BytesIO(location.read_bytes(r))) for r in t_sel]
+    frag_t = [pq.ParquetFile(io.BytesIO(location.read_bytes(r))).read() for r in t_sel]
     new_trials = merge_tables(root_t, frag_t) if (root_t is not None or frag_t) else None
     if new_trials is not None and drop:
         new_trials = new_trials.filter(
@@ -199,48 +226,46 @@ def compact(
 
 def _compact_epochs(location: SweepLocation, rels: list[str], drop: set[str]) -> int:
     """Stream the root epochs (minus replaced/dropped trials) and the fragments into a new
-    ``epochs.parquet`` (temp file + rename); memory is bounded by one batch, not the table."""
+    ``epochs.parquet`` (temp file + rename) with a pyarrow dataset scanner (multi-threaded);
+    memory is bounded by the scanner's batches, not the table."""
     has_root = location.exists(EPOCHS_FILE)
     if not rels and not (has_root and drop):
         return 0
     fs, target = location._fs(location.join(EPOCHS_FILE))
-    root_file = pq.ParquetFile(target, filesystem=fs) if has_root else None
-    schemas = [root_file.schema_arrow] if root_file is not None else []
-    schemas += [pq.read_schema(location._fs(location.join(r))[1], filesystem=fs) for r in rels]
+    frag_paths = [location._fs(location.join(r))[1] for r in rels if _trial_of(r) not in drop]
+    frags = ds.dataset(frag_paths, format="parquet", filesystem=fs) if frag_paths else None
+    schemas = [pq.read_schema(target, filesystem=fs)] if has_root else []
+    if frags is not None:
+        schemas += [f.physical_schema for f in frags.get_fragments()]
     schema = pa.unify_schemas(schemas, promote_options="permissive")
     schema = schema.with_metadata(schemas[0].metadata)
     skip = pa.array(sorted({_trial_of(r) for r in rels} | drop), type=pa.string())
 
-    def conform(t: pa.Table) -> pa.Table:
-        cols = [
-            t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(len(t), f.type)
-            for f in schema
-        ]
-        return pa.Table.from_arrays(cols, schema=schema)
-
-    def tables() -> Iterator[pa.Table]:
-        if root_file is not None:
-            for batch in root_file.iter_batches(batch_size=_BATCH_ROWS):
-                keep = pc.invert(pc.is_in(batch.column("trial_id"), value_set=skip))
-                yield pa.Table.from_batches([batch]).filter(keep)
-        for r in rels:
-            if _trial_of(r) not in drop:
-                yield pq.read_table(location._fs(location.join(r))[1], filesystem=fs)
+    def batches() -> Iterator[pa.RecordBatch]:
+        if has_root:
+            root = ds.dataset(target, format="parquet", filesystem=fs, schema=schema)
+            flt = ~pc.field("trial_id").isin(skip)
+            yield from root.to_batches(filter=flt, batch_size=_BATCH_ROWS)
+        if frag_paths:
+            d = ds.dataset(frag_paths, format="parquet", filesystem=fs, schema=schema)
+            yield from d.to_batches(batch_size=_BATCH_ROWS)
 
     tmp = f"{target}.{uuid.uuid4().hex}.compact.tmp"
     n = 0
-    pending: list[pa.Table] = []
     try:
         with pq.ParquetWriter(tmp, schema, filesystem=fs, compression="zstd") as writer:
-            for t in tables():
-                if len(t):
-                    pending.append(conform(t))
-                    n += len(t)
-                if sum(len(p) for p in pending) >= _BATCH_ROWS:
-                    writer.write_table(pa.concat_tables(pending))
-                    pending = []
+            pending: list[pa.RecordBatch] = []
+            rows = 0
+            for b in batches():
+                if b.num_rows:
+                    pending.append(b)
+                    rows += b.num_rows
+                    n += b.num_rows
+                if rows >= _BATCH_ROWS:
+                    writer.write_table(pa.Table.from_batches(pending, schema=schema))
+                    pending, rows = [], 0
             if pending:
-                writer.write_table(pa.concat_tables(pending))
+                writer.write_table(pa.Table.from_batches(pending, schema=schema))
         fs.move(tmp, target)
     except BaseException:
         try:

@@ -90,6 +90,16 @@ def ray_session() -> Any:
         ray.shutdown()
 
 
+def _study(root: Path) -> Any:
+    """The sweep's Optuna study, opened from its journal file as optuna-dashboard would."""
+    import optuna
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(root / backend.JOURNAL_FILE))
+    )
+    return optuna.load_study(study_name=root.name, storage=storage)
+
+
 def _hparams_events(logdir: Path) -> dict[str, Any]:
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.plugins.hparams import metadata
@@ -104,6 +114,10 @@ def _hparams_events(logdir: Path) -> dict[str, Any]:
                         out["start"] = metadata.parse_session_start_info_plugin_data(content)
                     elif v.tag == metadata.SESSION_END_INFO_TAG:
                         out["end"] = metadata.parse_session_end_info_plugin_data(content)
+                elif v.tag == "trial/status":
+                    from tensorboard.util import tensor_util
+
+                    out["status_code"] = float(tensor_util.make_ndarray(v.tensor))
                 elif v.tag == "val/auroc_macro":
                     out.setdefault("scalars", 0)
                     out["scalars"] += 1
@@ -139,13 +153,14 @@ def test_two_trial_sweep_end_to_end(tmp_path: Path, ray_session: Any) -> None:
 
     # TensorBoard: every trial's curves and overlays plus its HParams session, under the sweep
     for _, row in df.iterrows():
-        tb = Path(row["run_dir"]) / "tensorboard"
-        assert tb.is_relative_to(root)
+        assert row["run_dir"] == f"runs/{row['trial_id']}"  # relative to the sweep root
+        tb = root / row["run_dir"] / "tensorboard"
+        assert row["checkpoint_bytes"] > 0
         ev = _hparams_events(tb)
         assert ev["scalars"] == 2
         hp = ev["start"].hparams
         assert hp["method"].string_value == row["method"] and "optim.lr" in hp
-        assert ev["end"].status == 1  # STATUS_SUCCESS
+        assert ev["end"].status == 1 and ev["status_code"] == 1.0  # STATUS_SUCCESS, completed
 
     # export: the best config, retrained outside Ray, reproduces its sweep metric
     best = Path(next(p for p in summary.exported if p.endswith("best.yaml")))
@@ -192,7 +207,7 @@ def test_trial_with_two_cpu_workers_under_ray_train(tmp_path: Path, ray_session:
     assert summary.counts == {"completed": 1}, summary.format()
     df = pd.read_parquet(tmp_path / "ddp" / "trials.parquet")
     assert df.loc[0, "workers"] == 2 and df.loc[0, "cpus_per_worker"] == 0.5
-    run = Path(df.loc[0, "run_dir"])
+    run = tmp_path / "ddp" / df.loc[0, "run_dir"]
     assert (run / "checkpoints" / "last.pt").is_file()
     assert any((tmp_path / "ddp" / "train_runs").glob("train-*"))
     print(f"2-worker Ray Train trial: {wall:.1f} s end to end")
@@ -206,7 +221,7 @@ def test_multi_objective_pareto(tmp_path: Path, ray_session: Any) -> None:
     summary = run_sweep(spec, progress=False)
     assert summary.counts == {"completed": 3}
     assert summary.exported and all("pareto_" in p for p in summary.exported)
-    study = backend.optuna_study(str(tmp_path / "mo"))
+    study = _study(tmp_path / "mo")
     assert study is not None and len(study.directions) == 2
     assert len(study.best_trials) == len(summary.exported)
 
@@ -226,7 +241,7 @@ def test_asha_pruned_trials_are_pruned_in_optuna(tmp_path: Path, ray_session: An
         df[df.space == "b"]["epochs_run"]
     ) == {1}
     assert set(df[df.space == "a"]["status"]) == {"completed"}
-    study = backend.optuna_study(str(tmp_path / "asha"))
+    study = _study(tmp_path / "asha")
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
 

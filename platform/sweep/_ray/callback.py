@@ -92,7 +92,7 @@ class ResultsCallback(tune.Callback):
         self.abort_reason: str | None = None
         self._reconciled = False
         self._last_write: dict[str, float] = {}
-        self._errors: dict[str, str] = {}
+        self._totals: dict[str, int | None] = {}
         self._t_start = time.monotonic()
         ctx.callback = self
 
@@ -139,14 +139,16 @@ class ResultsCallback(tune.Callback):
         return rec
 
     def _epochs_total(self, rec: TrialRecord) -> int | None:
-        try:
-            return int(json.loads(rec.config_json)["train"]["epochs"])
-        except (KeyError, ValueError, TypeError):
-            return None
+        if rec.trial_id not in self._totals:
+            try:
+                self._totals[rec.trial_id] = int(json.loads(rec.config_json)["train"]["epochs"])
+            except (KeyError, ValueError, TypeError):
+                self._totals[rec.trial_id] = None
+        return self._totals[rec.trial_id]
 
     def _refresh(self, rec: TrialRecord) -> None:
         """Final/best/epochs of a trial from its epoch rows (its fragment)."""
-        rows: list[EpochRecord] = self.store.epochs_of(rec.trial_id)
+        rows: list[EpochRecord] = self.store.epochs_of(rec.trial_id, headline_only=True)
         if not rows:
             return
         keep = list(self.ctx.spec.objective.metrics)
@@ -190,6 +192,9 @@ class ResultsCallback(tune.Callback):
                 log.warning("could not write the HParams session end of %s: %s", rec.trial_id, e)
         self.store.upsert_trial(rec)
         self._last_write.pop(rec.trial_id, None)
+        self._totals.pop(rec.trial_id, None)
+        # the row is on disk; the copy kept for counts and the summary drops its biggest field
+        rec.config_json = ""
         if self.printer:
             self.printer.finished(rec, self._counts())
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import inspect
+import json
 import logging
 import math
 import warnings
@@ -25,6 +26,7 @@ from typing import Any
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import get_lock_file
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -186,7 +188,19 @@ def build_storage(spec: SweepSpec, root: str) -> optuna.storages.BaseStorage:
     if not loc.is_local:
         return optuna.storages.InMemoryStorage()
     loc.makedirs()
-    return JournalStorage(JournalFileBackend(loc.join(JOURNAL_FILE)))
+    return JournalStorage(_JournalFile(loc.join(JOURNAL_FILE)))
+
+
+class _JournalFile(JournalFileBackend):
+    """Optuna's journal file without an fsync per record (7 ms each on a busy disk, 20+ per
+    trial). Each record is still appended whole under Optuna's lock and written to the OS before
+    returning, so a killed driver loses nothing; only a machine crash may lose the last ones."""
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        with get_lock_file(self._lock):
+            text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+            with open(self._file_path, "ab") as f:
+                f.write(text.encode("utf-8"))
 
 
 class DefineByRun:
