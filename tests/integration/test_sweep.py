@@ -24,7 +24,8 @@ from lesionsweep.config import load_config
 from lesionsweep.errors import ConfigError
 from lesionsweep.sweep import backend
 from lesionsweep.sweep.commands import resume_sweep, run_sweep
-from lesionsweep.sweep.results import SCHEMA_VERSION
+from lesionsweep.sweep.results import SCHEMA_VERSION, read_table
+from lesionsweep.sweep.storage import SweepLocation
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -286,10 +287,10 @@ def test_resume_after_killed_driver(tmp_path: Path, ray_session: Any) -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
-            try:
-                t = pd.read_parquet(root / "trials.parquet")
-                e = pd.read_parquet(root / "epochs.parquet")
-            except (FileNotFoundError, OSError, ValueError):
+            try:  # the live tables: root files + per-trial fragments
+                t = read_table(SweepLocation(str(root))).to_pandas()
+                e = read_table(SweepLocation(str(root)), "epochs.parquet").to_pandas()
+            except ConfigError:
                 continue
             running = t[t.status == "running"]
             if (
@@ -331,6 +332,6 @@ def test_resume_after_killed_driver(tmp_path: Path, ray_session: Any) -> None:
         got = sorted(e[e.trial_id == row.trial_id].epoch)
         assert got == list(range(1, row.epochs_run + 1))
     assert t.set_index("trial_id").loc[interrupted, "epochs_run"] == 3
-    assert all(r.startswith(str(moved)) for r in t.run_dir)
+    assert all(r == f"runs/{tid}" for r, tid in zip(t.run_dir, t.trial_id, strict=True))
     log = (root / "runs" / interrupted / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in log] == [1, 2, 3]
