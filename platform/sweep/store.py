@@ -142,7 +142,7 @@ class ResultsStore:
         self.trials.pop(trial_id, None)
         for name in (TRIALS_FILE, EPOCHS_FILE):
             self.location.delete(fragment_path(name, trial_id))
-        compact(self.location, drop={trial_id}, only_terminal=False, quiet=True)
+        compact(self.location, drop={trial_id}, only_terminal=True, quiet=True)
 
     def compact(self, only_terminal: bool = False) -> None:
         """Merge fragments into the root tables (see :func:`compact`)."""
@@ -233,22 +233,29 @@ def _compact_epochs(location: SweepLocation, rels: list[str], drop: set[str]) ->
         return 0
     fs, target = location._fs(location.join(EPOCHS_FILE))
     frag_paths = [location._fs(location.join(r))[1] for r in rels if _trial_of(r) not in drop]
-    frags = ds.dataset(frag_paths, format="parquet", filesystem=fs) if frag_paths else None
     schemas = [pq.read_schema(target, filesystem=fs)] if has_root else []
-    if frags is not None:
-        schemas += [f.physical_schema for f in frags.get_fragments()]
+    schemas += [pq.read_schema(p, filesystem=fs) for p in frag_paths]
     schema = pa.unify_schemas(schemas, promote_options="permissive")
     schema = schema.with_metadata(schemas[0].metadata)
     skip = pa.array(sorted({_trial_of(r) for r in rels} | drop), type=pa.string())
+
+    def conform(t: pa.Table) -> pa.Table:
+        if t.schema.equals(schema, check_metadata=False):
+            return t
+        cols = [
+            t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(len(t), f.type)
+            for f in schema
+        ]
+        return pa.Table.from_arrays(cols, schema=schema)
 
     def batches() -> Iterator[pa.RecordBatch]:
         if has_root:
             root = ds.dataset(target, format="parquet", filesystem=fs, schema=schema)
             flt = ~pc.field("trial_id").isin(skip)
             yield from root.to_batches(filter=flt, batch_size=_BATCH_ROWS)
-        if frag_paths:
-            d = ds.dataset(frag_paths, format="parquet", filesystem=fs, schema=schema)
-            yield from d.to_batches(batch_size=_BATCH_ROWS)
+        for p in frag_paths:  # one small file at a time: faster than a dataset scan here
+            with fs.open_input_file(p) as f:
+                yield from conform(pq.ParquetFile(f).read()).to_batches()
 
     tmp = f"{target}.{uuid.uuid4().hex}.compact.tmp"
     n = 0
