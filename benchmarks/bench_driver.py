@@ -54,6 +54,14 @@ def _metrics(obj: float, epoch: int, rng: random.Random) -> dict[str, float]:
     return m
 
 
+def _rss_now_mb() -> float:
+    """Current resident set size (the driver after its imports and set-up)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def run_one(n: int, epochs: int, folder: Path) -> dict[str, float]:
     from lesionsweep.sweep import backend
     from lesionsweep.sweep.results import EpochRecord
@@ -75,6 +83,7 @@ def run_one(n: int, epochs: int, folder: Path) -> dict[str, float]:
     ctx = backend.SweepContext(spec=spec, root=str(folder / "bench"), progress=False)
     searcher, sched, cb = backend.build_pieces(ctx)
     cb.setup()
+    rss_setup = _rss_now_mb()
     rng = random.Random(0)
     driver_s, trial_side_s = 0.0, 0.0
     per_trial: list[float] = []
@@ -128,6 +137,7 @@ def run_one(n: int, epochs: int, folder: Path) -> dict[str, float]:
         "trial_side_ms": 1000 * side_per,
         "compact_s": compact_s,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_setup_mb": rss_setup,
         "pruned": counts.get("pruned", 0),
         "completed": counts.get("completed", 0),
         "best": max((r.objective or 0.0) for r in cb.store.trials.values()),
@@ -158,7 +168,8 @@ def main() -> None:
         print(
             f"N={n:>6}: driver {row['ms_per_trial']:.1f} ms/trial (last 100: "
             f"{row['ms_marginal']:.1f}), trial side {row['trial_side_ms']:.1f} ms/trial, "
-            f"compaction {row['compact_s']:.1f} s, peak RSS {row['rss_mb']:.0f} MB, "
+            f"compaction {row['compact_s']:.1f} s, peak RSS {row['rss_mb']:.0f} MB "
+            f"(after imports/set-up {row['rss_setup_mb']:.0f} MB), "
             f"{row['completed']} completed / {row['pruned']} pruned, best {row['best']:.4f}, "
             f"wall {row['wall_s']:.0f} s",
             flush=True,

@@ -241,7 +241,7 @@ def _exit_code(summary: SweepSummary) -> int:
 
 def _cmd_compact(args: argparse.Namespace) -> int:
     n_trials, n_epochs = compact_sweep(args.sweep, all_trials=args.all)
-    print(f"compacted {args.sweep}: {n_trials} trial row(s), {n_epochs} new epoch row(s)")
+    print(f"compacted {args.sweep}: {n_trials} trial row(s), {n_epochs} epoch row(s)")
     return 0
 
 

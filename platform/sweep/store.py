@@ -185,7 +185,8 @@ def compact(
         quiet: no log line.
 
     Returns:
-        ``(trial rows, epoch rows)`` now in the root tables.
+        ``(rows of trials.parquet, rows of epochs.parquet)`` after this compaction (a table
+        that was not rewritten counts 0).
     """
     drop = drop or set()
     t_frags = location.list(fragment_dir(TRIALS_FILE), suffix=".parquet")

@@ -191,3 +191,22 @@ def test_schema_version_is_checked(tmp_path: Path) -> None:
 def test_nan_metrics_stay_nan() -> None:
     t = records_to_table([_trial("a", final={"val/loss": float("nan")})], TrialRecord, {}, "sw")
     assert math.isnan(t.column("final.val/loss")[0].as_py())
+
+
+def test_compact_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lesionsweep.cli import main
+
+    root = tmp_path / "sw"
+    loc = SweepLocation(str(root))
+    store = ResultsStore(loc, "sw", PARAM_TYPES)
+    store.upsert_trial(_trial("a"))
+    store.upsert_trial(_trial("b", status="running"))
+    write_epoch_fragment(loc, "sw", "a", [EpochRecord("a", "s", "cam", 1, metrics={"v/x": 1.0})])
+    assert main(["compact", str(root)]) == 2  # not a sweep folder (no sweep.yaml)
+    (root / "sweep.yaml").write_text("name: sw\n")
+    assert main(["compact", str(root)]) == 0
+    assert "1 trial row(s), 1 epoch row(s)" in capsys.readouterr().out
+    assert pd.read_parquet(root / TRIALS_FILE).trial_id.tolist() == ["a"]
+    assert read_table(loc).column("trial_id").to_pylist() == ["a", "b"]  # b's fragment stays (running)
+    assert main(["compact", str(root), "--all"]) == 0
+    assert pd.read_parquet(root / TRIALS_FILE).trial_id.tolist() == ["a", "b"]
