@@ -201,3 +201,25 @@ def test_sampler_option_errors(tmp_path: Path) -> None:
         )
         with pytest.raises(ConfigError, match="pip install cmaes"):
             backend.build_sampler(spec)
+
+
+def test_rdb_storage_from_the_spec(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = load_spec(
+        None, {"storage": str(tmp_path), "name": "db", "searcher": {"name": "tpe", "storage": url}}
+    )
+    ctx = backend.SweepContext(spec=spec, root=str(tmp_path / "db"), progress=False)
+    s = backend.SweepSearcher(
+        ctx, space=backend.DefineByRun(SPACES), metric="m", mode="max",
+        sampler=backend.build_sampler(spec),
+    )  # fmt: skip
+    s.suggest("t1")
+    s.on_trial_complete("t1", result={"m": 0.5, "epoch": 1})
+    assert not (tmp_path / "db" / backend.JOURNAL_FILE).exists()
+    study = optuna.load_study(study_name="db", storage=url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    bad = load_spec(
+        None, {"storage": str(tmp_path), "searcher": {"name": "tpe", "storage": "nope://x"}}
+    )
+    with pytest.raises(ConfigError, match="searcher.storage"):
+        backend.build_storage(bad, str(tmp_path / "x"))
