@@ -12,8 +12,8 @@ from lesionsweep.config import config_from_flat, load_config
 from lesionsweep.errors import ConfigError
 from lesionsweep.sweep.export import SPEC_FILE, export_sweep, pareto_front, select_trials
 from lesionsweep.sweep.results import TrialRecord
-from lesionsweep.sweep.store import ResultsStore
 from lesionsweep.sweep.storage import SweepLocation
+from lesionsweep.sweep.store import ResultsStore
 
 
 def _cfg_json(method: str, lr: float) -> str:

@@ -207,6 +207,6 @@ def test_compact_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["compact", str(root)]) == 0
     assert "1 trial row(s), 1 epoch row(s)" in capsys.readouterr().out
     assert pd.read_parquet(root / TRIALS_FILE).trial_id.tolist() == ["a"]
-    assert read_table(loc).column("trial_id").to_pylist() == ["a", "b"]  # b's fragment stays (running)
+    assert read_table(loc).column("trial_id").to_pylist() == ["a", "b"]  # b: still a fragment
     assert main(["compact", str(root), "--all"]) == 0
     assert pd.read_parquet(root / TRIALS_FILE).trial_id.tolist() == ["a", "b"]
