@@ -191,8 +191,8 @@ def resume_sweep(
 
     Finished trials are kept; unfinished ones restart with the same trial id and continue after
     their last checkpoint; failed ones stay failed unless ``retry_failed``. ASHA's rungs and the
-    pruned trials are reloaded from ``asha_state.json``; the searcher's Optuna study from Ray's
-    searcher checkpoint.
+    pruned trials are reloaded from ``asha_state.jsonl``; the Optuna study from the sweep's
+    journal (``optuna.journal``) or ``searcher.storage``.
     """
     spec = load_sweep_spec(sweep)
     if progress:
