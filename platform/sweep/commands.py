@@ -313,7 +313,12 @@ def add_subparsers(sub: Any) -> None:
     r.add_argument("sweep", help="the sweep folder (<storage>/<name>) or its URI")
     r.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
     r.add_argument("--num-cpus", type=int, help="logical CPUs of the local Ray (default: all)")
-    r.add_argument("--retry-failed", action="store_true", help="also re-run failed trials")
+    r.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also re-run trials that crashed past max_failures (a deterministic failure such as "
+        "a non-finite loss is final)",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress lines")
     r.set_defaults(func=_cmd_resume)
 
