@@ -121,8 +121,11 @@ def run_one(n: int, epochs: int, folder: Path) -> dict[str, float]:
         cb.on_trial_complete(i, [], trial)
         dt = time.perf_counter() - t0
         per_trial.append(dt)
+        if i == min(99, n - 1):
+            rss_100 = _rss_now_mb()
         driver_s += dt
     driver_s -= trial_side_s
+    rss_end = _rss_now_mb()
     t0 = time.perf_counter()
     cb.on_experiment_end([])
     compact_s = time.perf_counter() - t0
@@ -138,6 +141,8 @@ def run_one(n: int, epochs: int, folder: Path) -> dict[str, float]:
         "compact_s": compact_s,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_setup_mb": rss_setup,
+        "rss_100_mb": rss_100,
+        "rss_end_mb": rss_end,
         "pruned": counts.get("pruned", 0),
         "completed": counts.get("completed", 0),
         "best": max((r.objective or 0.0) for r in cb.store.trials.values()),
@@ -169,7 +174,8 @@ def main() -> None:
             f"N={n:>6}: driver {row['ms_per_trial']:.1f} ms/trial (last 100: "
             f"{row['ms_marginal']:.1f}), trial side {row['trial_side_ms']:.1f} ms/trial, "
             f"compaction {row['compact_s']:.1f} s, peak RSS {row['rss_mb']:.0f} MB "
-            f"(after imports/set-up {row['rss_setup_mb']:.0f} MB), "
+            f"(after set-up {row['rss_setup_mb']:.0f}, after 100 trials {row['rss_100_mb']:.0f}, "
+            f"before compaction {row['rss_end_mb']:.0f} MB), "
             f"{row['completed']} completed / {row['pruned']} pruned, best {row['best']:.4f}, "
             f"wall {row['wall_s']:.0f} s",
             flush=True,

@@ -44,6 +44,7 @@ log = logging.getLogger("lesionsweep.sweep")
 #: trial statuses after which a trial's rows no longer change (its fragments can be compacted)
 TERMINAL = frozenset(STATUSES) - {"pending", "running"}
 _BATCH_ROWS = 65_536
+_MAX_PENDING = 256
 
 
 def write_epoch_fragment(
@@ -234,10 +235,17 @@ def _compact_epochs(location: SweepLocation, rels: list[str], drop: set[str]) ->
         return 0
     fs, target = location._fs(location.join(EPOCHS_FILE))
     frag_paths = [location._fs(location.join(r))[1] for r in rels if _trial_of(r) not in drop]
-    schemas = [pq.read_schema(target, filesystem=fs)] if has_root else []
-    schemas += [pq.read_schema(p, filesystem=fs) for p in frag_paths]
-    schema = pa.unify_schemas(schemas, promote_options="permissive")
-    schema = schema.with_metadata(schemas[0].metadata)
+    first: pa.Schema | None = pq.read_schema(target, filesystem=fs) if has_root else None
+    schema = first
+    for p in frag_paths:  # unified one at a time: no list of N schemas in memory
+        s = pq.read_schema(p, filesystem=fs)
+        first = first or s
+        if schema is None:
+            schema = s
+        elif not s.equals(schema, check_metadata=False):
+            schema = pa.unify_schemas([schema, s], promote_options="permissive")
+    assert schema is not None and first is not None
+    schema = schema.with_metadata(first.metadata)
     skip = pa.array(sorted({_trial_of(r) for r in rels} | drop), type=pa.string())
 
     def conform(t: pa.Table) -> pa.Table:
@@ -272,6 +280,10 @@ def _compact_epochs(location: SweepLocation, rels: list[str], drop: set[str]) ->
                 if rows >= _BATCH_ROWS:
                     writer.write_table(pa.Table.from_batches(pending, schema=schema))
                     pending, rows = [], 0
+                elif len(pending) >= _MAX_PENDING:
+                    # many tiny batches each hold their own column buffers: copy them into one
+                    merged = pa.Table.from_batches(pending, schema=schema).combine_chunks()
+                    pending = merged.to_batches()
             if pending:
                 writer.write_table(pa.Table.from_batches(pending, schema=schema))
         fs.move(tmp, target)
