@@ -68,6 +68,7 @@ __all__ = [
     "table_to_records",
     "read_table",
     "read_fragments",
+    "read_root",
     "merge_tables",
     "fragment_dir",
     "fragment_path",
@@ -333,6 +334,11 @@ def _read_checked(location: SweepLocation, rel: str) -> pa.Table:
     return table
 
 
+def read_root(location: SweepLocation, name: str) -> pa.Table | None:
+    """The root file of a table alone (None if there is none yet), schema version checked."""
+    return _read_checked(location, name) if location.exists(name) else None
+
+
 def fragment_dir(name: str) -> str:
     """The folder (relative to the sweep root) of a table's live fragments."""
     return f"{FRAGMENTS_DIR}/{name.removesuffix('.parquet')}"
@@ -343,15 +349,27 @@ def fragment_path(name: str, trial_id: str) -> str:
     return f"{fragment_dir(name)}/{trial_id}.parquet"
 
 
-def read_fragments(location: SweepLocation, name: str) -> list[pa.Table]:
-    """Every live fragment of a table (a fragment replaced or compacted away meanwhile is
-    skipped: its rows are then in the newer fragment or in the root file)."""
-    out = []
-    for rel in location.list(fragment_dir(name), suffix=".parquet"):
+def read_fragments(
+    location: SweepLocation, name: str, rels: list[str] | None = None
+) -> list[pa.Table]:
+    """Live fragments of a table (all, or the files ``rels``), a few tables of many rows.
+
+    A fragment replaced or compacted away meanwhile is skipped: its rows are then in the newer
+    fragment or in the root file. Every 256 files are concatenated into one contiguous table,
+    so memory is the rows' size, not thousands of tiny tables' buffers.
+    """
+    out: list[pa.Table] = []
+    group: list[pa.Table] = []
+    for rel in location.list(fragment_dir(name), suffix=".parquet") if rels is None else rels:
         try:
-            out.append(_read_checked(location, rel))
+            group.append(_read_checked(location, rel))
         except (FileNotFoundError, OSError):
             continue
+        if len(group) >= 256:
+            out.append(pa.concat_tables(group, promote_options="permissive").combine_chunks())
+            group = []
+    if group:
+        out.append(pa.concat_tables(group, promote_options="permissive").combine_chunks())
     return out
 
 

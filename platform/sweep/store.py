@@ -30,6 +30,8 @@ from .results import (
     fragment_dir,
     fragment_path,
     merge_tables,
+    read_fragments,
+    read_root,
     read_table,
     records_to_table,
     table_to_records,
@@ -194,24 +196,19 @@ def compact(
     e_frags = location.list(fragment_dir(EPOCHS_FILE), suffix=".parquet")
     if not t_frags and not e_frags and not drop:
         return (0, 0)
-    try:
-        trials = read_table(location, TRIALS_FILE)
-    except ConfigError as e:
-        if "not found" not in str(e):
-            raise
+    # trials: one row per trial, read once (fragments first, then the root file)
+    frags = read_fragments(location, TRIALS_FILE, t_frags)
+    root_t = read_root(location, TRIALS_FILE)
+    if root_t is None and not frags:
         return (0, 0)
-    keep = _terminal_ids(trials) if only_terminal else None
-    merge_ids = None if keep is None else keep
-    t_sel = _fragments(location, TRIALS_FILE, merge_ids)
-    e_sel = _fragments(location, EPOCHS_FILE, merge_ids)
-    # trials: small (one row per trial), merged in memory
-    root_t = (
-        pq.read_table(io.BytesIO(location.read_bytes(TRIALS_FILE)))
-        if location.exists(TRIALS_FILE)
-        else None
-    )
-    frag_t = [pq.ParquetFile(io.BytesIO(location.read_bytes(r))).read() for r in t_sel]
-    new_trials = merge_tables(root_t, frag_t) if (root_t is not None or frag_t) else None
+    keep = _terminal_ids(merge_tables(root_t, frags)) if only_terminal else None
+    t_sel = _fragments(location, TRIALS_FILE, keep)
+    e_sel = _fragments(location, EPOCHS_FILE, keep)
+    if keep is not None:  # running trials keep their fragments (and their old root rows)
+        sel = pa.array(sorted(_trial_of(r) for r in t_sel), type=pa.string())
+        frags = [f.filter(pc.is_in(f.column("trial_id"), value_set=sel)) for f in frags]
+        frags = [f for f in frags if f.num_rows]
+    new_trials = merge_tables(root_t, frags) if (root_t is not None or frags) else None
     if new_trials is not None and drop:
         new_trials = new_trials.filter(
             pc.invert(pc.is_in(new_trials.column("trial_id"), value_set=pa.array(sorted(drop))))
