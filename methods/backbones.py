@@ -24,13 +24,15 @@ def _offline() -> Any:
     old = {k: os.environ.get(k) for k in keys}
     for k in keys:
         os.environ[k] = "1"
+    hf_constants: Any = None
+    old_const: Any = None
     try:  # huggingface_hub reads the env var at import time: flip its constant too
         import huggingface_hub.constants as hf_constants
 
         old_const = hf_constants.HF_HUB_OFFLINE
         hf_constants.HF_HUB_OFFLINE = True
     except ImportError:  # pragma: no cover - timm depends on huggingface_hub
-        hf_constants, old_const = None, None
+        pass
     try:
         yield
     finally:
@@ -60,6 +62,8 @@ class Backbone(nn.Module):
     ``forward(x)`` returns the list of feature maps at ``out_indices`` (shallow to deep), each
     ``[B, C_i, H / r_i, W / r_i]`` with ``channels[i] = C_i`` and ``reductions[i] = r_i``.
     """
+
+    body: Any  # the timm features_only model (nn.Module attribute access is untyped)
 
     def __init__(
         self,

@@ -64,6 +64,10 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     #: input sides must be a multiple of this (e.g. PYLON needs 256); contract tests use it
     input_multiple: ClassVar[int] = 32
+    #: ``None``: the trainer's own loop trains the method (one stage). A multi-stage method
+    #: names the staged runner of the training layer that runs its stages instead
+    #: (:mod:`lesionsweep.training.runners`; e.g. ``"wsmis"``).
+    runner: ClassVar[str | None] = None
 
     def __init__(self, num_classes: int, criterion: nn.Module | None = None) -> None:
         super().__init__()

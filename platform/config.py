@@ -106,6 +106,13 @@ class TrainConfig:
         log_images: number of fixed validation images whose map overlays go to TensorBoard.
         grad_clip: max gradient norm (0 = off).
         max_steps_per_epoch: cap on optimizer steps per epoch (0 = whole split).
+        keep_checkpoint: what ``checkpoints/`` keeps once the last epoch is done: ``best``
+            (default; weights-only ``best.pt`` of the ``eval.select_metric`` epoch), ``last``
+            (weights-only ``last.pt`` of the final epoch) or ``none``. While the run is going,
+            ``last.pt`` is the resumable checkpoint (weights, optimizer, schedule, RNG) and
+            ``best.pt`` is written weights-only when the policy is ``best``.
+        keep_resumable: keep the resumable ``last.pt`` (with the optimizer state) after the
+            run ends too, e.g. to train further epochs later.
     """
 
     epochs: int = 3
@@ -118,6 +125,8 @@ class TrainConfig:
     log_images: int = 4
     grad_clip: float = 0.0
     max_steps_per_epoch: int = 0
+    keep_checkpoint: str = "best"
+    keep_resumable: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,11 @@ class EvalConfig:
         select_metric, select_mode: what decides the "best" checkpoint; ``select_metric``
             may name a ``val/`` or a ``<loc_split>/`` key.
         cam_curve_interval: threshold step of MaxBoxAccV2/PxAP.
+        loc_every: compute the localization metrics (every suite key but the AUROC ones, on
+            ``split`` and ``loc_split``) every ``loc_every`` epochs and always on the last
+            epoch; the losses and AUROC every epoch. On the other epochs those keys are NaN, so
+            such an epoch is never the best one for a localization ``select_metric`` (early
+            stopping on one: see :mod:`lesionsweep.training.trainer`).
     """
 
     split: str = "val"
@@ -148,6 +162,7 @@ class EvalConfig:
     select_metric: str = "val/auroc_macro"
     select_mode: str = "max"
     cam_curve_interval: float = 0.01
+    loc_every: int = 1
 
 
 @dataclass(frozen=True)
@@ -199,6 +214,7 @@ _DATACLASS_FOR = {
 ALLOWED = {
     "data": {"dataset": ("phantom", "nih", "siim", "rsna", "chexpert")},
     "optim": {"name": ("adam", "adamw", "sgd"), "schedule": ("none", "step", "cosine", "plateau")},
+    "train": {"keep_checkpoint": ("best", "last", "none")},
 }
 
 
@@ -301,6 +317,8 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "<config>") -> RunCon
     for k in ("epochs", "batch_size"):
         if getattr(cfg.train, k) < 1:
             raise ConfigError(f"{source}: train.{k} must be >= 1, got {getattr(cfg.train, k)}")
+    if cfg.eval.loc_every < 1:
+        raise ConfigError(f"{source}: eval.loc_every must be >= 1, got {cfg.eval.loc_every}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"{source}: optim.lr must be > 0, got {cfg.optim.lr}")
     if cfg.train.in_chans not in (1, 3):

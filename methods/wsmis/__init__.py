@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .pipeline import WSMIS
+from .model import WSMIS, effective_radius
 
-__all__ = ["WSMIS"]
+__all__ = ["WSMIS", "effective_radius"]

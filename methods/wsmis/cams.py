@@ -131,5 +131,5 @@ def class_maps(
 
 def head_weight(head: nn.Module) -> torch.Tensor:
     """``[K, C]`` weight of a ``nn.Linear`` or 1x1 ``nn.Conv2d`` head."""
-    w = head.weight
+    w: torch.Tensor = head.weight  # type: ignore[assignment]  # nn.Module.__getattr__ is untyped
     return w.reshape(w.shape[0], -1)

@@ -96,7 +96,8 @@ class IRNet(nn.Module):
         )
         disp = self.dp_out(self.dp_mid(dp))
         if not self.training:
-            disp = disp - self.dp_mean.view(1, 2, 1, 1).to(disp.dtype)
+            mean: torch.Tensor = self.dp_mean  # type: ignore[assignment]  # a registered buffer
+            disp = disp - mean.view(1, 2, 1, 1).to(disp.dtype)
         return edge_logits, disp
 
     @torch.no_grad()

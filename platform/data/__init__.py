@@ -11,7 +11,7 @@ from __future__ import annotations
 from .base import SPLITS
 from .cache import CachedDataset, build_cache
 from .factory import DATASETS, available_splits, build_dataset
-from .types import Batch, DatasetInfo, Sample, collate, empty_boxes
+from .types import Batch, DatasetInfo, Sample, SplitDataset, collate, empty_boxes
 
 __all__ = [
     "DATASETS",
@@ -20,6 +20,7 @@ __all__ = [
     "CachedDataset",
     "DatasetInfo",
     "Sample",
+    "SplitDataset",
     "available_splits",
     "build_cache",
     "build_dataset",

@@ -278,6 +278,17 @@ class RecordDataset(Dataset[Sample]):
     name = "base"
     all_classes: tuple[str, ...] = ()
     splits: tuple[str, ...] = SPLITS
+
+    @classmethod
+    def offered_splits(cls, root: str | Path | None, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """The splits this dataset offers under ``root`` with resolved ``options`` (no decoding).
+
+        :attr:`splits` by default; a dataset whose localization ground truth is an optional
+        download (CheXpert's CheXlocalize files) offers its localization splits only when the
+        files are there.
+        """
+        return cls.splits
+
     option_spec: Mapping[str, Option] = {}
     native_size = 1024.0  # side of the square grid annotations are given in
     title = "base"  # display name in messages ("NIH")

@@ -13,12 +13,10 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from torch.utils.data import Dataset
-
 from ..config import DataConfig
 from ..errors import DataError
 from .base import SPLITS
-from .types import Sample
+from .types import SplitDataset
 
 # dataset name -> (module, class)
 DATASETS: dict[str, tuple[str, str]] = {
@@ -40,9 +38,14 @@ def dataset_class(name: str) -> Any:
     return getattr(importlib.import_module(module), cls)
 
 
-def available_splits(name: str) -> tuple[str, ...]:
-    """Splits dataset ``name`` offers (the phantom has all five)."""
+def available_splits(name: str, data: DataConfig | None = None) -> tuple[str, ...]:
+    """Splits dataset ``name`` offers (the phantom has all five); with ``data``, the splits its
+    root and options offer (a loader may offer its localization splits only when their optional
+    files are present, see ``offered_splits``)."""
     cls = dataset_class(name)
+    offered = getattr(cls, "offered_splits", None)
+    if data is not None and offered is not None:
+        return tuple(offered(data.root, resolved_options(data)))
     return tuple(getattr(cls, "splits", SPLITS))
 
 
@@ -61,7 +64,7 @@ def _plain(options: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _plain(v) if isinstance(v, Mapping) else v for k, v in dict(options).items()}
 
 
-def build_source_dataset(cfg: DataConfig, split: str) -> Dataset[Sample]:
+def build_source_dataset(cfg: DataConfig, split: str) -> SplitDataset:
     """Build ``split`` of ``cfg.dataset`` from the original files (never from a cache)."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; splits are: {', '.join(SPLITS)}")
@@ -97,7 +100,7 @@ def build_source_dataset(cfg: DataConfig, split: str) -> Dataset[Sample]:
     )
 
 
-def build_dataset(cfg: DataConfig, split: str) -> Dataset[Sample]:
+def build_dataset(cfg: DataConfig, split: str) -> SplitDataset:
     """Build one split of the dataset a :class:`DataConfig` describes.
 
     Args:

@@ -12,6 +12,9 @@ Coordinate convention (used by every loader, after any resizing):
   Metrics convert to their own conventions (e.g. wsolevaluation's inclusive +1 convention).
 * Masks, where the dataset has them, are ``bool`` ``[K, H, W]`` (one plane per class, same H, W as
   the image). Datasets without masks return ``None``.
+* ``confounder``, where a dataset draws a shortcut confounder (the phantom's tube), is ``bool``
+  ``[H, W]`` (empty on images without it); ``None`` elsewhere. A batch stacks it to
+  ``[B, H, W]`` when any item has one (items without one count as empty).
 * ``target`` is ``float32`` ``[K]`` with 0/1 labels; ``target_mask`` is ``float32`` ``[K]``, 1 where
   the label is known (0 for CheXpert's U-Ignore), so losses can ignore unknown labels.
 """
@@ -19,7 +22,7 @@ Coordinate convention (used by every loader, after any resizing):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -35,6 +38,7 @@ class Sample:
     target_mask: torch.Tensor | None = None  # float32 [K]; None means all labels known
     id: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    confounder: torch.Tensor | None = None  # bool [H, W]; None: the dataset has none
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Batch:
     boxes: list[torch.Tensor]  # B x float32 [N_i, 5]
     masks: torch.Tensor | None  # bool [B, K, H, W] if every item has masks, else None
     ids: list[str]
+    confounder: torch.Tensor | None = None  # bool [B, H, W] if any item has one, else None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -57,6 +62,8 @@ class Batch:
         self.target_mask = self.target_mask.pin_memory()
         if self.masks is not None:
             self.masks = self.masks.pin_memory()
+        if self.confounder is not None:
+            self.confounder = self.confounder.pin_memory()
         return self
 
 
@@ -72,6 +79,13 @@ def collate(samples: list[Sample]) -> Batch:
     masks = None
     if all(s.masks is not None for s in samples):
         masks = torch.stack([s.masks for s in samples])  # type: ignore[misc]
+    confounder = None
+    if any(s.confounder is not None for s in samples):
+        h, w = samples[0].image.shape[-2:]
+        empty = torch.zeros((h, w), dtype=torch.bool)
+        confounder = torch.stack(
+            [s.confounder if s.confounder is not None else empty for s in samples]
+        )
     return Batch(
         images=images,
         targets=targets,
@@ -79,6 +93,7 @@ def collate(samples: list[Sample]) -> Batch:
         boxes=[s.boxes for s in samples],
         masks=masks,
         ids=[s.id for s in samples],
+        confounder=confounder,
     )
 
 
@@ -96,7 +111,29 @@ class DatasetInfo:
     has_boxes: bool
     has_masks: bool
     image_size: int
+    # classes that have localization ground truth (None: every class with boxes / masks)
+    loc_classes: tuple[str, ...] | None = None
+    # class a shortcut confounder co-occurs with (items then carry ``confounder`` masks)
+    confounder_class: str | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def localized(self) -> tuple[bool, ...]:
+        """Per class: does it have localization ground truth (see ``loc_classes``)."""
+        if self.loc_classes is None:
+            return (True,) * len(self.classes)
+        return tuple(c in self.loc_classes for c in self.classes)
+
+
+class SplitDataset(Protocol):
+    """What every dataset split of the platform is (loaders, the phantom, the cache): a sized,
+    indexable source of :class:`Sample` items that describes itself through ``info``."""
+
+    info: DatasetInfo
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Sample: ...

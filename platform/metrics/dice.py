@@ -4,6 +4,11 @@
   at the mask resolution.
 * :func:`dice_per_image`: ``2 TP / (2 TP + FP + FN)`` per map; a map with an empty GT mask **and**
   an empty prediction scores 1 (an empty GT with any predicted pixel scores 0).
+* The evaluator's headline ``dice_per_image`` is the mean over **lesion-positive** maps only (GT
+  mask non-empty), so a blank prediction scores 0 there and cannot beat a trained model through
+  the negatives. ``dice_per_image_with_empty`` keeps the convention above over every map
+  (negatives included: an empty prediction on an empty mask counts 1); it rewards blank maps
+  on data with many negatives and is reported for comparison only.
 * :func:`binary_f1_pooled`: TP, FP and FN summed over every pixel of every map of the split
   (negative images with empty masks included), then ``2 TP / (2 TP + FP + FN)`` - WSMIS
   ``BinaryF1``. If the whole split has no GT and no predicted pixel the pooled score is 1.
@@ -80,8 +85,10 @@ class DiceEvaluator:
 
     def reset(self) -> None:
         self.tp = self.fp = self.fn = 0
-        self.dice_sum = 0.0
+        self.dice_sum = 0.0  # over every map (empty-image convention)
         self.count = 0
+        self.pos_sum = 0.0  # over maps with a non-empty GT mask
+        self.pos_count = 0
 
     def accumulate(self, probabilities: Any, gt_masks: Any) -> None:
         """Add maps.
@@ -96,12 +103,27 @@ class DiceEvaluator:
         self.tp += int(tp.sum())
         self.fp += int(fp.sum())
         self.fn += int(fn.sum())
-        self.dice_sum += float(_dice(tp, fp, fn).sum())
+        d = _dice(tp, fp, fn)
+        pos = (tp + fn) > 0
+        self.dice_sum += float(d.sum())
         self.count += int(tp.shape[0])
+        self.pos_sum += float(d[pos].sum())
+        self.pos_count += int(pos.sum())
 
     def compute(self) -> dict[str, float]:
-        """``dice_pooled`` and ``dice_per_image`` (mean over maps); NaN when nothing was added."""
+        """``dice_pooled``, ``dice_per_image`` (mean over lesion-positive maps; NaN without
+        one) and ``dice_per_image_with_empty`` (mean over every map); NaN when nothing was
+        added."""
         if self.count == 0:
-            return {"dice_pooled": math.nan, "dice_per_image": math.nan}
+            return {
+                "dice_pooled": math.nan,
+                "dice_per_image": math.nan,
+                "dice_per_image_with_empty": math.nan,
+            }
         pooled = float(_dice(np.asarray(self.tp), np.asarray(self.fp), np.asarray(self.fn)))
-        return {"dice_pooled": pooled, "dice_per_image": self.dice_sum / self.count}
+        pos = self.pos_sum / self.pos_count if self.pos_count else math.nan
+        return {
+            "dice_pooled": pooled,
+            "dice_per_image": pos,
+            "dice_per_image_with_empty": self.dice_sum / self.count,
+        }

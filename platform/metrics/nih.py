@@ -60,14 +60,27 @@ def normalize_to_255(heatmaps: Any) -> np.ndarray:
     lo = maps.min(axis=(1, 2), keepdims=True)
     rng = maps.max(axis=(1, 2), keepdims=True) - lo
     const = rng == 0
-    return np.where(const, 0.0, (maps - lo) * (255.0 / np.where(const, 1.0, rng)))
+    out = maps - lo
+    out *= 255.0 / np.where(const, 1.0, rng)  # in place: the same two roundings as before
+    out[const[:, 0, 0]] = 0.0
+    return out
 
 
 def _component_boxes(binary: np.ndarray) -> np.ndarray:
-    """Continuous boxes ``[M, 4]`` around the 8-connected components of a uint8 0/1 image."""
-    n, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    s = stats[1:n].astype(np.float64)  # label 0 is the background
-    return np.stack([s[:, 0], s[:, 1], s[:, 0] + s[:, 2], s[:, 1] + s[:, 3]], axis=1).reshape(-1, 4)
+    """Continuous boxes ``[M, 4]`` around the 8-connected components of a uint8 0/1 image.
+
+    The outer border of each component is a top-level contour of ``findContours(RETR_CCOMP)``
+    (components inside holes included) and its ``boundingRect`` is the component's bounding box:
+    the same boxes as ``connectedComponentsWithStats(connectivity=8)``, ~10x faster in OpenCV 5
+    (tested against :func:`lesionsweep.metrics.reference.reference_component_boxes`).
+    """
+    contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if len(contours) == 0:
+        return np.zeros((0, 4), dtype=np.float64)
+    outer = hierarchy.reshape(-1, 4)[:, 3] < 0
+    rects = [cv2.boundingRect(c) for c, top in zip(contours, outer, strict=True) if top]
+    s = np.array(rects, dtype=np.float64).reshape(-1, 4)
+    return np.stack([s[:, 0], s[:, 1], s[:, 0] + s[:, 2], s[:, 1] + s[:, 3]], axis=1)
 
 
 def nih_boxes_from_heatmap(
@@ -86,7 +99,7 @@ def nih_boxes_from_heatmap(
     hm = to_numpy(heatmap, np.float64)
     check_maps(hm, "NIH box accuracy", ndim=2)
     norm = hm if normalized else normalize_to_255(hm[None])[0]
-    return {lv: _component_boxes((norm > lv).astype(np.uint8)) for lv in levels}
+    return {lv: _component_boxes(np.greater(norm, lv).view(np.uint8)) for lv in levels}
 
 
 def box_iou_iobb(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -189,7 +202,7 @@ class NihBoxEvaluator:
             gt_boxes: N float arrays ``[G_i, 4]`` (G_i >= 1): the GT boxes of that class in that
                 image, continuous ``(x0, y0, x1, y1)`` in the heatmap's pixels.
         """
-        norm = normalize_to_255(heatmaps)
+        norm = self._normalize(heatmaps)
         cls = to_numpy(class_indices, np.int64).reshape(-1)
         gts = as_box_list(gt_boxes, "NIH box accuracy", norm.shape[0])
         if cls.shape[0] != norm.shape[0]:
@@ -204,7 +217,7 @@ class NihBoxEvaluator:
         for hm, c, gt in zip(norm, cls, gts, strict=True):
             if gt.shape[0] == 0:
                 raise MetricInputError("NIH box accuracy: every map needs at least one GT box")
-            by_level = nih_boxes_from_heatmap(hm, self.levels, normalized=True)
+            by_level = self._level_boxes(hm)
             for lv, boxes in by_level.items():
                 self._per_level[lv].add(
                     int(c), boxes, gt, self.iobb_thresholds, self.iou_thresholds
@@ -213,6 +226,13 @@ class NihBoxEvaluator:
             if union.shape[0]:
                 union = np.unique(union, axis=0)
             self._union.add(int(c), union, gt, self.iobb_thresholds, self.iou_thresholds)
+
+    def _normalize(self, heatmaps: Any) -> np.ndarray:
+        return normalize_to_255(heatmaps)
+
+    def _level_boxes(self, norm: np.ndarray) -> dict[float, np.ndarray]:
+        """``{level: boxes}`` of one map already on the [0, 255] scale."""
+        return nih_boxes_from_heatmap(norm, self.levels, normalized=True)
 
     def compute(self) -> dict[str, float]:
         """Flat results (accuracies in [0, 1]; NaN for classes without GT boxes).

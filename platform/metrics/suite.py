@@ -16,7 +16,13 @@ wsolevaluation evaluate: the map of every (image, class) pair that has GT locali
 * MaxBoxAccV2: pairs with >= 1 box; raw map, cv2 bicubic to the image size, min-max to [0, 1].
 * PxAP: pairs with a non-empty mask; raw map, cv2 bicubic to the image size, min-max to [0, 1].
 * Dice (pooled and per image): every pair with a known label (negatives have empty masks);
-  probabilities, bilinear to the image size, ``> mask_threshold``.
+  probabilities, bilinear to the image size, ``> mask_threshold``. ``dice_per_image`` averages
+  lesion-positive pairs only; ``dice_per_image_with_empty`` every pair (:mod:`.dice`).
+* CheXlocalize hit rate and mIoU (:mod:`.chexlocalize`): with masks, every (image, class) pair
+  of a class with localization ground truth (``info.loc_classes``); raw map, bilinear to the
+  image size; image probabilities for the optional cut-offs.
+* Shortcut metrics (:mod:`.shortcut`): with ``info.confounder_class``, the images carrying the
+  confounder (``batch.confounder``); that class's raw map, bilinear to the image size.
 
 "Raw map" is the method's map as returned (the class activation for CAM-like methods, as
 wsolevaluation and Wang feed it); the per-map min-max normalisation of those metrics makes them
@@ -37,10 +43,12 @@ import torch.nn.functional as F
 
 from ..data.types import Batch, DatasetInfo
 from .auroc import AurocEvaluator
+from .chexlocalize import ChexlocalizeEvaluator
 from .common import MetricInputError
 from .dice import DiceEvaluator
 from .nih import NihBoxEvaluator
 from .point import PointAccuracyEvaluator
+from .shortcut import ShortcutEvaluator, default_radius
 from .wsol import MaxBoxAccV2Evaluator, PxAPEvaluator, boxes_to_wsol_convention, prepare_scoremaps
 
 __all__ = ["MAP_KINDS", "LocalizationSuite"]
@@ -65,6 +73,15 @@ class LocalizationSuite:
         image_size: side of the (square) images in the batches; boxes and masks live in it.
         cam_curve_interval: threshold step for MaxBoxAccV2 and PxAP (wsolevaluation).
         mask_threshold: probability threshold (strict ``>``) for Dice.
+        loc_thresholds, prob_cutoffs: CheXlocalize's optional per-class binarisation thresholds
+            and probability cut-offs (:class:`~lesionsweep.metrics.chexlocalize.
+            ChexlocalizeEvaluator`; default Otsu, no cut-off).
+        shortcut_radius: tolerance around the confounder tube, pixels (default
+            ``max(1, image_size // 64)``).
+
+    Attributes:
+        localize: when False, :meth:`accumulate` feeds only the AUROC (the trainer's
+            ``eval.loc_every``); the localization keys of :meth:`compute` are then NaN (counts 0).
     """
 
     def __init__(
@@ -73,9 +90,13 @@ class LocalizationSuite:
         image_size: int,
         cam_curve_interval: float = 0.01,
         mask_threshold: float = 0.5,
+        loc_thresholds: dict[str, float] | None = None,
+        prob_cutoffs: dict[str, float] | None = None,
+        shortcut_radius: int | None = None,
     ) -> None:
         self.info = info
         self.image_size = int(image_size)
+        self.localize = True
         if self.image_size < 1:
             raise MetricInputError(f"LocalizationSuite: image_size must be >= 1, got {image_size}")
         names = info.classes
@@ -85,12 +106,24 @@ class LocalizationSuite:
         self.maxbox = MaxBoxAccV2Evaluator(cam_curve_interval) if info.has_boxes else None
         self.pxap = PxAPEvaluator(cam_curve_interval) if info.has_masks else None
         self.dice = DiceEvaluator(mask_threshold) if info.has_masks else None
+        self.chexloc = None
+        if info.has_masks and any(info.localized):
+            self.chexloc = ChexlocalizeEvaluator(
+                names, info.localized, loc_thresholds, prob_cutoffs
+            )
+        self.shortcut = None
+        if info.has_masks and info.confounder_class in names:
+            r = default_radius(self.image_size) if shortcut_radius is None else shortcut_radius
+            self.shortcut = ShortcutEvaluator(r)
 
     def reset(self) -> None:
         """Forget everything accumulated (start of a new split/epoch)."""
         for ev in (self.auroc, self.nih, self.point, self.maxbox, self.pxap, self.dice):
             if ev is not None:
                 ev.reset()
+        for extra in (self.chexloc, self.shortcut):
+            if extra is not None:
+                extra.reset()
 
     # ------------------------------------------------------------------ checks
     def _check(self, logits: torch.Tensor, maps: torch.Tensor, batch: Batch, map_kind: str) -> None:
@@ -170,6 +203,8 @@ class LocalizationSuite:
         self._check(logits, maps, batch, map_kind)
         size = (self.image_size, self.image_size)
         self.auroc.accumulate(logits, batch.targets, batch.target_mask)
+        if not self.localize:
+            return
 
         dev = maps.device
         raw = maps.float()
@@ -220,6 +255,42 @@ class LocalizationSuite:
             if len(pxap_b):
                 scoremaps = prepare_scoremaps(low[n_box:], size, "PxAP")
                 self.pxap.accumulate(scoremaps, masks_np[pxap_b, pxap_c])
+            self._accumulate_extra(logits, raw, batch, masks_np)
+
+    def _accumulate_extra(
+        self, logits: torch.Tensor, raw: torch.Tensor, batch: Batch, masks_np: np.ndarray
+    ) -> None:
+        """CheXlocalize hit rate / mIoU and the shortcut metrics (raw maps, bilinear)."""
+        size = (self.image_size, self.image_size)
+        dev = raw.device
+        if self.chexloc is not None:
+            loc = np.flatnonzero(np.asarray(self.info.localized))
+            b = len(batch)
+            bi = np.repeat(np.arange(b), len(loc))
+            ci = np.tile(loc, b)
+            tb = torch.as_tensor(bi, device=dev)
+            tc = torch.as_tensor(ci, device=dev)
+            up = _upsample(raw[tb, tc], size).cpu().numpy()
+            prob = torch.sigmoid(logits.float()[tb, tc]).cpu().numpy()
+            self.chexloc.accumulate(up, ci, masks_np[bi, ci], prob)
+        if self.shortcut is not None:
+            if batch.confounder is None:
+                raise MetricInputError(
+                    f"LocalizationSuite: dataset {self.info.name!r} has a confounder class but "
+                    "the batch carries no confounder masks"
+                )
+            c = self.info.classes.index(str(self.info.confounder_class))
+            tubes = batch.confounder.detach().cpu().numpy().astype(bool)
+            sel = np.flatnonzero(tubes.any(axis=(1, 2)))
+            if len(sel):
+                ts = torch.as_tensor(sel, device=dev)
+                up = _upsample(raw[ts, c], size).cpu().numpy()
+                self.shortcut.accumulate(up, tubes[sel], masks_np[sel, c])
+
+    def tuned_thresholds(self) -> dict[str, float]:
+        """CheXlocalize's per-class thresholds tuned on the accumulated split (empty without
+        masks); pass them as ``loc_thresholds`` to a suite for the test split."""
+        return {} if self.chexloc is None else self.chexloc.tuned_thresholds()
 
     def compute(self) -> dict[str, float]:
         """All metrics as one flat ``{name: float}`` dict (see the module docstring).
@@ -228,11 +299,23 @@ class LocalizationSuite:
         boxes: ``point_acc_*``, ``point_acc/<class>``, ``iobb@T``, ``iobb@T/<class>``, ``iou@T``,
         ``iou@T/<class>``, ``afp`` (+ per-threshold and per-level variants, see
         :class:`~lesionsweep.metrics.nih.NihBoxEvaluator`), ``maxboxacc_v2``,
-        ``maxboxacc@30/50/70`` (percent). With masks: ``pxap`` (percent), ``dice_pooled``,
-        ``dice_per_image``. Values are NaN where nothing could be scored.
+        ``maxboxacc@30/50/70``. With masks: ``pxap``, ``dice_pooled``,
+        ``dice_per_image``, ``dice_per_image_with_empty``, and for classes with localization
+        ground truth ``hit_rate``, ``miou``, ``miou_full`` (+ ``/<class>``). With a confounder
+        class: ``shortcut_pointing``, ``shortcut_energy``, ``shortcut_area``. Values are NaN
+        where nothing could be scored.
+        Every value is a fraction in [0, 1] (``afp`` and ``*_num_*`` are counts).
         """
         out = self.auroc.compute()
-        for ev in (self.point, self.nih, self.maxbox, self.pxap, self.dice):
+        for ev in (
+            self.point,
+            self.nih,
+            self.maxbox,
+            self.pxap,
+            self.dice,
+            self.chexloc,
+            self.shortcut,
+        ):
             if ev is not None:
                 out.update(ev.compute())
         return {k: (float(v) if v is not None else math.nan) for k, v in out.items()}

@@ -24,13 +24,20 @@ Score-map pipeline (per GT-known map):
    (``RETR_TREE``, ``CHAIN_APPROX_SIMPLE``, holes included) gives its ``boundingRect`` as
    ``(x, y, x + w, y + h)`` clipped to ``(W-1, H-1)``; no contour gives ``[0, 0, 0, 0]``. An image
    is correct at ``(tau, delta)`` if the best IoU over (predicted x GT) boxes is ``>= delta/100``.
-   ``maxboxacc@delta = max_tau`` accuracy (percent) and ``maxboxacc_v2`` is the mean over
-   ``delta in {30, 50, 70}``. The optimal ``tau`` is chosen on the evaluated split (an oracle
-   threshold, by design of the metric).
+   ``maxboxacc@delta = max_tau`` accuracy (a fraction in [0, 1]; wsolevaluation prints percent)
+   and ``maxboxacc_v2`` is the mean over ``delta in {30, 50, 70}``. The optimal ``tau`` is chosen
+   on the evaluated split (an oracle threshold, by design of the metric). The boxes of all
+   thresholds come from one pass over the map (:mod:`.levelsets`, the closed form of those
+   contours' boxes), not one contour search per threshold; the slow per-threshold search is kept
+   in :mod:`.reference` and the two are tested equal.
 3. PxAP (:class:`PxAPEvaluator`): histograms of the normalised scores at GT-positive and
    GT-negative pixels (ignored pixels dropped) over the bins ``[0, b), [b, 2b), ..., [1-b, 1),
    [1, 2), [2, 3]``; precision/recall at each bin edge, ``AP = sum precision[i] * (recall[i] -
-   recall[i-1])`` over edges with at least one predicted positive, times 100.
+   recall[i-1])`` over edges with at least one predicted positive, a fraction in [0, 1]
+   (wsolevaluation multiplies by 100). Each pixel's bin comes from ``floor(v / b)``, made exact
+   next to the edges, and one ``bincount`` (:meth:`PxAPEvaluator.bin_index`).
+
+Every metric of lesionsweep is a fraction in [0, 1] (or a count); none is in percent.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import cv2
 import numpy as np
 
 from .common import MetricInputError, as_box_list, check_maps, to_numpy
+from .levelsets import level_boxes
 
 __all__ = [
     "check_scoremap_validity",
@@ -165,46 +173,82 @@ def resize_bbox(
     return int(x0 * nw / w), int(y0 * nh / h), int(x1 * nw / w), int(y1 * nh / h)
 
 
-def _boxes_from_binary(binary: np.ndarray, multi_contour_eval: bool) -> np.ndarray:
-    """Boxes of the contours of a uint8 binary image, as wsolevaluation mines them."""
-    height, width = binary.shape[:2]
-    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-    if len(contours) == 0:
-        return np.zeros((1, 4), dtype=np.int64)
-    if not multi_contour_eval:
-        contours = [max(contours, key=cv2.contourArea)]
-    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
-    rects[:, 2] = np.minimum(rects[:, 0] + rects[:, 2], width - 1)
-    rects[:, 3] = np.minimum(rects[:, 1] + rects[:, 3], height - 1)
-    return rects
+def _int_thresholds(scoremap_image: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """``int(tau * max)`` per tau (wsolevaluation's ``cv2.threshold`` argument), int64."""
+    mx = int(scoremap_image.max()) if scoremap_image.size else 0
+    return np.array([int(t * mx) for t in np.asarray(thresholds, dtype=np.float64)], np.int64)
 
 
-def _int_thresholds(scoremap_image: np.ndarray, thresholds: np.ndarray) -> list[int]:
-    mx = scoremap_image.max() if scoremap_image.size else np.uint8(0)
-    return [int(t * mx) for t in np.asarray(thresholds, dtype=np.float64)]
+class _Levels:
+    """The distinct binary images of a uint8 map over the thresholds.
+
+    ``image > thr`` is the same binary image for every ``thr`` between two pixel values present in
+    the map, so the thresholds collapse to ``K`` distinct levels, ascending (``levels[inverse]``
+    gives, per tau, a threshold that yields the same binary image as tau's own). ``has[k]`` is
+    False where nothing exceeds level ``k``.
+    """
+
+    def __init__(self, image: np.ndarray, thresholds: np.ndarray) -> None:
+        thr = _int_thresholds(image, thresholds)
+        hist = cv2.calcHist([image], [0], None, [256], [0, 256])  # no int64 cast, unlike bincount
+        key = np.cumsum(hist.ravel() > 0)[np.minimum(thr, 255)]
+        _, first, self.inverse = np.unique(key, return_index=True, return_inverse=True)
+        self.levels = thr[first]
+        self.has = self.levels < (int(image.max()) if image.size else 0)
+
+    def level_image(self, image: np.ndarray) -> np.ndarray:
+        """uint16 ``[H, W]``: the number of levels below each pixel (foreground at ``k`` iff
+        ``q > k``), the input of :func:`~lesionsweep.metrics.levelsets.level_boxes`."""
+        lut = np.searchsorted(self.levels, np.arange(256), side="left").astype(np.uint16)
+        return lut[image]
+
+    def all_boxes(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(level index [M], boxes [M, 4])`` of every contour of every level, in one pass."""
+        return level_boxes(self.level_image(image), len(self.levels))
+
+    def largest_contour_box(self, image: np.ndarray, k: int) -> np.ndarray:
+        """int64 ``[1, 4]``: the box of level ``k``'s largest contour (MaxBoxAcc v1).
+
+        The contour search runs on the foreground's bounding crop: everything outside it is
+        background connected to the image border, so the crop has the same contours, found in
+        the same raster order (which breaks ties of ``cv2.contourArea`` as wsolevaluation's
+        ``max`` does); ``findContours`` pads the crop with background as it pads the image.
+        """
+        level = int(self.levels[k])  # a Python int keeps the comparison in uint8
+        rows = np.flatnonzero(image.max(axis=1) > level)
+        cols = np.flatnonzero(image.max(axis=0) > level)
+        r0, c0 = int(rows[0]), int(cols[0])
+        crop = image[r0 : int(rows[-1]) + 1, c0 : int(cols[-1]) + 1]
+        binary = np.greater(crop, level).view(np.uint8)
+        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+        x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
+        height, width = image.shape
+        x, y = x + c0, y + r0
+        return np.array([[x, y, min(x + w, width - 1), min(y + h, height - 1)]], np.int64)
 
 
 def _mine_boxes(
     scoremap_image: np.ndarray, thresholds: np.ndarray, multi_contour_eval: bool
 ) -> tuple[list[np.ndarray], list[int]]:
-    """Boxes per threshold from a uint8 ``[H, W]`` image.
+    """Boxes per threshold from a uint8 ``[H, W]`` image (see :class:`_Levels`).
 
     ``cv2.threshold(THRESH_BINARY)`` on uint8 with an integer threshold is exactly ``image > thr``;
-    numpy does it without waking OpenCV's thread pool. Thresholds whose binary images coincide
-    (no pixel value between them) share one contour search.
+    thresholds whose binary images coincide share their boxes.
     """
-    present = np.bincount(scoremap_image.ravel(), minlength=256) > 0
-    n_values_at_or_below = np.cumsum(present)
-    cache: dict[int, np.ndarray] = {}
-    boxes: list[np.ndarray] = []
-    buffer = np.empty(scoremap_image.shape, dtype=bool)  # reused: findContours only reads it
-    for thr in _int_thresholds(scoremap_image, thresholds):
-        key = int(n_values_at_or_below[min(thr, 255)])
-        if key not in cache:
-            np.greater(scoremap_image, thr, out=buffer)
-            cache[key] = _boxes_from_binary(buffer.view(np.uint8), multi_contour_eval)
-        boxes.append(cache[key])
-    return boxes, [len(b) for b in boxes]
+    lv = _Levels(scoremap_image, thresholds)
+    empty = np.zeros((1, 4), dtype=np.int64)
+    if multi_contour_eval:
+        level_of, boxes = lv.all_boxes(scoremap_image)
+        order = np.argsort(level_of, kind="stable")
+        split = np.searchsorted(level_of[order], np.arange(1, len(lv.levels)))
+        per_level = [b if len(b) else empty for b in np.split(boxes[order], split)]
+    else:
+        per_level = [
+            lv.largest_contour_box(scoremap_image, k) if lv.has[k] else empty
+            for k in range(len(lv.levels))
+        ]
+    out = [per_level[k] for k in lv.inverse]
+    return out, [len(b) for b in out]
 
 
 def compute_bboxes_from_scoremaps(
@@ -320,7 +364,7 @@ class MaxBoxAccV2Evaluator:
 
     Args:
         cam_curve_interval: step of the thresholds ``arange(0, 1, step)``.
-        iou_thresholds: the IoU levels delta in percent.
+        iou_thresholds: the IoU levels delta in percent (they name the keys ``maxboxacc@<delta>``).
         multi_contour_eval: all contours (V2, default) or the largest only (V1).
     """
 
@@ -355,21 +399,35 @@ class MaxBoxAccV2Evaluator:
         for image, gt in zip(images, gts, strict=True):
             if gt.shape[0] == 0:
                 raise MetricInputError("MaxBoxAccV2: every map needs at least one GT box")
-            boxes, counts = _mine_boxes(image, self.thresholds, self.multi_contour_eval)
-            ious = calculate_multiple_iou(np.concatenate(boxes), gt.astype(np.int64)).max(axis=1)
-            starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-            best = np.maximum.reduceat(ious, starts)  # [n_tau]
+            best = self._best_ious(image, gt.astype(np.int64))  # [n_tau]
             self.num_correct += best[None, :] >= deltas
             self.count += 1
 
+    def _best_ious(self, image: np.ndarray, gt: np.ndarray) -> np.ndarray:
+        """Best IoU over (mined x GT) boxes per tau, float64 ``[n_tau]``."""
+        lv = _Levels(image, self.thresholds)
+        best = np.full(len(lv.levels), -1.0)
+        if not lv.has.all():  # no foreground: wsolevaluation's box [0, 0, 0, 0]
+            best[~lv.has] = calculate_multiple_iou(np.zeros((1, 4), np.int64), gt).max()
+        if self.multi_contour_eval:
+            level_of, boxes = lv.all_boxes(image)
+        else:
+            level_of = np.flatnonzero(lv.has)
+            boxes = np.concatenate(
+                [lv.largest_contour_box(image, int(k)) for k in level_of] or [np.zeros((0, 4))]
+            ).astype(np.int64)
+        if len(boxes):
+            np.maximum.at(best, level_of, calculate_multiple_iou(boxes, gt).max(axis=1))
+        return best[lv.inverse]
+
     def accuracy_curves(self) -> np.ndarray:
-        """Box accuracy in percent, float64 ``[len(iou_thresholds), len(thresholds)]``."""
+        """Box accuracy in [0, 1], float64 ``[len(iou_thresholds), len(thresholds)]``."""
         if self.count == 0:
             return np.full(self.num_correct.shape, math.nan)
-        return self.num_correct * 100.0 / self.count
+        return self.num_correct / self.count
 
     def compute(self) -> dict[str, float]:
-        """``maxboxacc@<delta>`` (percent) and ``maxboxacc_v2`` (their mean); NaN when empty."""
+        """``maxboxacc@<delta>`` in [0, 1] and ``maxboxacc_v2`` (their mean); NaN when empty."""
         curves = self.accuracy_curves()
         out: dict[str, float] = {}
         best = []
@@ -382,13 +440,14 @@ class MaxBoxAccV2Evaluator:
 
 
 class PxAPEvaluator:
-    """Pixel average precision (wsolevaluation ``MaskEvaluator``), percent.
+    """Pixel average precision (wsolevaluation ``MaskEvaluator``), a fraction in [0, 1].
 
     Args:
         cam_curve_interval: bin width of the score histograms.
     """
 
     def __init__(self, cam_curve_interval: float = 0.01) -> None:
+        self.step = float(cam_curve_interval)
         self.thresholds = cam_thresholds(cam_curve_interval)
         # bins [0, b), ..., [1-b, 1), [1, 2), [2, 3]
         self.bin_edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
@@ -399,13 +458,31 @@ class PxAPEvaluator:
         self.gt_true_hist = np.zeros(n, dtype=np.float64)
         self.gt_false_hist = np.zeros(n, dtype=np.float64)
 
-    def _hist(self, values: np.ndarray) -> np.ndarray:
-        # same as np.histogram(values, bin_edges) for values in [0, 3)
-        idx = np.searchsorted(self.bin_edges, values, side="right") - 1
-        return np.bincount(idx, minlength=len(self.bin_edges) - 1).astype(np.float64)
+    def bin_index(self, values: np.ndarray) -> np.ndarray:
+        """Histogram bin of each value in [0, 1]: ``searchsorted(bin_edges, v, "right") - 1``.
+
+        ``floor(v / step)`` is that bin except next to an edge (``arange``'s edges are ``k * step``
+        rounded once) and at ``v = 1``; the values within 1e-6 of a bin's end (far above float
+        error) and the ones get the exact ``searchsorted``. int32 keeps the casts vectorised.
+
+        Args:
+            values: float array of any shape, values in [0, 1].
+
+        Returns:
+            int32 array of the same shape, in ``0 .. len(bin_edges) - 2``.
+        """
+        scaled = values * (1.0 / self.step)
+        idx = scaled.astype(np.int32)
+        frac = scaled - idx
+        near = (frac < 1e-6) | (frac > 1.0 - 1e-6) | (values >= 1.0)
+        fix = np.flatnonzero(near)
+        if fix.size:
+            exact = np.searchsorted(self.bin_edges, values.reshape(-1)[fix], side="right") - 1
+            idx.reshape(-1)[fix] = exact
+        return idx
 
     def accumulate(self, scoremaps: Any, gt_masks: Any, ignore_masks: Any | None = None) -> None:
-        """Add maps with their GT masks.
+        """Add maps with their GT masks: one bin index per pixel, one ``bincount``.
 
         Args:
             scoremaps: float ``[N, H, W]`` in [0, 1].
@@ -414,17 +491,21 @@ class PxAPEvaluator:
         """
         maps = to_numpy(scoremaps)
         check_maps(maps, "PxAP", ndim=3, value_range=(0.0, 1.0))
-        gt = to_numpy(gt_masks).astype(bool)
+        gt = to_numpy(gt_masks).astype(bool, copy=False)
         if gt.shape != maps.shape:
             raise MetricInputError(f"PxAP: masks {gt.shape} do not match maps {maps.shape}")
-        valid = np.ones_like(gt) if ignore_masks is None else ~to_numpy(ignore_masks).astype(bool)
-        if valid.shape != maps.shape:
-            raise MetricInputError(f"PxAP: ignore masks {valid.shape} != maps {maps.shape}")
-        self.gt_true_hist += self._hist(maps[gt & valid])
-        self.gt_false_hist += self._hist(maps[~gt & valid])
+        key = self.bin_index(maps) * 2 + gt  # [N, H, W]: 2 * bin + (GT-positive)
+        if ignore_masks is not None:
+            ignore = to_numpy(ignore_masks).astype(bool, copy=False)
+            if ignore.shape != maps.shape:
+                raise MetricInputError(f"PxAP: ignore masks {ignore.shape} != maps {maps.shape}")
+            key = key[~ignore]
+        counts = np.bincount(key.ravel(), minlength=2 * len(self.gt_true_hist)).reshape(-1, 2)
+        self.gt_false_hist += counts[:, 0]
+        self.gt_true_hist += counts[:, 1]
 
     def compute(self) -> dict[str, float]:
-        """``pxap`` in percent; NaN if no GT-positive pixel (wsolevaluation raises there)."""
+        """``pxap`` in [0, 1]; NaN if no GT-positive pixel (wsolevaluation raises there)."""
         n_true = self.gt_true_hist.sum()
         tp = self.gt_true_hist[::-1].cumsum()
         fp = self.gt_false_hist[::-1].cumsum()
@@ -434,5 +515,5 @@ class PxAPEvaluator:
         with np.errstate(divide="ignore", invalid="ignore"):
             precision = tp / (tp + fp)
         recall = tp / n_true
-        ap = (precision[1:] * np.diff(recall))[nonzero[1:]].sum() * 100.0
+        ap = (precision[1:] * np.diff(recall))[nonzero[1:]].sum()
         return {"pxap": float(ap)}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +73,20 @@ def _run(
     retry_failed: bool = False,
     progress: bool = True,
     num_cpus: int | None = None,
+    on_connected: Callable[[], None] | None = None,
 ) -> SweepSummary:
     from . import backend
 
     root = spec.location.root
     t0 = time.monotonic()
-    started = backend.init_ray(address, num_cpus=num_cpus)
+    from .datacache import prepare_sweep_data  # imports torch: kept out of the CLI's start-up
+
+    started = backend.init_ray(address, num_cpus=num_cpus)  # ConfigError before any write
     try:
+        # connected: the data first (a refused data config writes no sweep.yaml), then the spec
+        spec = prepare_sweep_data(spec, root, progress=progress)  # every trial reads one cache
+        if on_connected is not None:
+            on_connected()
         records, interrupted, abort = backend.run_tune(
             spec, root, restore=restore, retry_failed=retry_failed, progress=progress
         )
@@ -155,18 +162,23 @@ def run_sweep(
             f"sweep folder {loc.root} already exists: continue it with `lesionsweep resume "
             f"{loc.root}`, or pick another name (--set name=...) or storage"
         )
-    loc.makedirs()
-    loc.write_bytes(SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
-    if progress:
-        obj = spec.objective
-        objective = ", ".join(f"{m} ({d})" for m, d in zip(obj.metrics, obj.modes, strict=True))
-        print(
-            f"sweep {spec.name!r}: {spec.budget.trials} trial(s) over space(s) "
-            f"{', '.join(spec.spaces.names)}, objective {objective}, folder {loc.root}",
-            file=sys.stderr,
-            flush=True,
-        )
-    return _run(spec, address, restore=False, progress=progress, num_cpus=num_cpus)
+
+    def write_spec() -> None:  # only once Ray is up: a refused cluster leaves nothing behind
+        loc.makedirs()
+        loc.write_bytes(SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
+        if progress:
+            obj = spec.objective
+            objective = ", ".join(f"{m} ({d})" for m, d in zip(obj.metrics, obj.modes, strict=True))
+            print(
+                f"sweep {spec.name!r}: {spec.budget.trials} trial(s) over space(s) "
+                f"{', '.join(spec.spaces.names)}, objective {objective}, folder {loc.root}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return _run(
+        spec, address, restore=False, progress=progress, num_cpus=num_cpus, on_connected=write_spec
+    )
 
 
 def load_sweep_spec(sweep: str | Path) -> SweepSpec:

@@ -11,13 +11,17 @@ recommends the last checkpoint); ``by="best"`` ranks on the best epoch's value i
   metrics (multi-objective sweeps).
 
 Each file is the trial's complete resolved run config (:func:`lesionsweep.config.dump_config`),
-so ``lesionsweep train <file>`` retrains it as it ran in the sweep (same seed, same epochs). An
-``index.csv`` next to them lists rank, trial, method and objective values.
+so ``lesionsweep train <file>`` retrains it as it ran in the sweep (same seed, same epochs), with
+one exception: a ``data.cache`` the sweep prepared itself (its data cache store, see
+:mod:`lesionsweep.sweep.datacache`) is left out, since it holds only the splits trials read and
+``lesionsweep evaluate`` needs the test split. An ``index.csv`` next to them lists rank, trial,
+method and objective values.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -31,6 +35,7 @@ import yaml
 from ..config import config_from_dict, dump_config
 from ..errors import ConfigError
 from ..io import atomic_write_text
+from .datakey import store_folder
 from .results import TRIALS_FILE, read_table
 from .storage import SweepLocation
 
@@ -195,12 +200,16 @@ def export_sweep(
             f"{loc.root}: no completed trial with a finite {by}.{metrics[0]} to export "
             f"(trials by status: {counts or 'none'})"
         )
+    raw = yaml.safe_load(loc.read_bytes(SPEC_FILE).decode()) or {}
+    store = store_folder(str(raw.get("data_cache") or "none"), loc.root)
     exported: list[Exported] = []
     for group, sel in groups:
         for rank, row in enumerate(sel, start=1):
             cfg = config_from_dict(
                 json.loads(row["config_json"]), source=f"{loc.join(TRIALS_FILE)} {row['trial_id']}"
             )
+            if store is not None and cfg.data.cache and Path(cfg.data.cache).parent == store:
+                cfg = cfg.replace(data=dataclasses.replace(cfg.data, cache=None))
             single = len(sel) == 1 and not pareto
             name = f"{group}.yaml" if single else f"{group}_{rank:02d}_{row['trial_id']}.yaml"
             path = out / name

@@ -29,6 +29,8 @@ Example (every key optional except what differs from the defaults)::
     storage: sweeps                 # local folder, shared filesystem, or s3://... URI
     max_failures: 2                 # retries of a trial whose worker/node died (it continues from
                                     # its last checkpoint); a failing config is not retried
+    data_cache: sweep               # sweep | none | a folder: where the data is cached once
+                                    # for all trials (see lesionsweep.sweep.datacache)
 
 Precedence for each trial's run config, lowest first: code defaults < the space's ``base`` <
 the spec's ``data`` < the spec's ``base`` < the drawn parameters. A spec ``base`` key that a
@@ -57,6 +59,7 @@ import yaml
 
 from ..config import RunConfig, TrainConfig, config_from_flat, parse_overrides
 from ..errors import ConfigError
+from .datakey import check_data_cache, data_key
 from .spaces import (
     Const,
     IntRange,
@@ -103,6 +106,7 @@ _TOP = (
     "seed",
     "storage",
     "max_failures",
+    "data_cache",
 )
 
 
@@ -206,7 +210,12 @@ class SweepSpec:
     seed: int = 0
     storage: str = "sweeps"
     max_failures: int = 2
+    data_cache: str = "sweep"
     source: str = "<spec>"
+    #: data-config key -> cache folder, set by ``prepare_sweep_data`` before the first trial
+    #: (never written to ``sweep.yaml``); :func:`build_trial_config` points each trial's
+    #: ``data.cache`` at the entry of its data config
+    data_caches: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def location(self) -> SweepLocation:
@@ -255,6 +264,7 @@ class SweepSpec:
             "seed": self.seed,
             "storage": self.storage,
             "max_failures": self.max_failures,
+            "data_cache": self.data_cache,
         }
 
 
@@ -582,6 +592,7 @@ def spec_from_dict(
     concurrency = _int(raw.get("concurrency", 1), f"{source}: concurrency", 1)
     seed = _int(raw.get("seed", 0), f"{source}: seed", 0)
     max_failures = _int(raw.get("max_failures", 2), f"{source}: max_failures", 0)
+    data_cache = check_data_cache(raw.get("data_cache", "sweep"), f"{source}: data_cache")
     storage = raw.get("storage", "sweeps")
     if not isinstance(storage, str) or not storage:
         raise ConfigError(f"{source}: storage must be a folder path or a URI, got {storage!r}")
@@ -630,6 +641,7 @@ def spec_from_dict(
         seed=seed,
         storage=storage,
         max_failures=max_failures,
+        data_cache=data_cache,
         source=source,
     )
     if early.enabled:
@@ -643,7 +655,16 @@ def spec_from_dict(
 
 
 def build_trial_config(spec: SweepSpec, space_name: str, params: Mapping[str, Any]) -> RunConfig:
-    """The run config of one trial: space base < spec data < spec base < drawn params."""
+    """The run config of one trial: space base < spec data < spec base < drawn params.
+
+    ``data.cache`` is the sweep's prepared cache of the trial's data config (from
+    ``spec.data_caches``) unless the spec or the space names one.
+    """
     space = spec.spaces.by_name(space_name)
     flat = {**space.base, **spec.context(), **params}
-    return config_from_flat(flat, source=f"{spec.source}: space {space_name!r}")
+    cfg = config_from_flat(flat, source=f"{spec.source}: space {space_name!r}")
+    if spec.data_caches and cfg.data.cache is None:
+        path = spec.data_caches.get(data_key(cfg.data))
+        if path is not None:
+            cfg = cfg.replace(data=dataclasses.replace(cfg.data, cache=path))
+    return cfg

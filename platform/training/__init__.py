@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import finalize_checkpoints, load_checkpoint, save_checkpoint
 from .evaluate import evaluate, evaluate_model, resolve_checkpoint
 from .optim import LRSchedule, build_optimizer
 from .runtime import (
@@ -21,6 +21,9 @@ from .runtime import (
 )
 from .tensorboard import OverlayItem, TensorBoardLogger, render_strip
 from .trainer import EpochReport, Trainer, TrainResult, run_training
+
+# the shipped staged runners register themselves (after the trainer they build on)
+from . import wsmis  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "EpochReport",
@@ -38,6 +41,7 @@ __all__ = [
     "evaluate",
     "evaluate_model",
     "load_checkpoint",
+    "finalize_checkpoints",
     "prepare_images",
     "render_strip",
     "resolve_checkpoint",

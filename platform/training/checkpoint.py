@@ -9,6 +9,14 @@ A checkpoint is a dict of tensors and plain containers only:
 ``config`` is :meth:`RunConfig.to_dict` (reload with ``config_from_dict``). RNG states are stored
 as tensors and numbers (numpy's and Python's state tuples are converted), so no pickled object
 is ever needed. Files are written atomically (temp file + rename).
+
+Checkpoint policy (``train.keep_checkpoint`` / ``train.keep_resumable``): only the *resumable*
+``checkpoints/last.pt`` holds the optimizer, schedule, scaler and RNG states (for resnet18 with
+Adam, ~3x the weights); ``best.pt`` is weights-only (:func:`weights_only`: ``format``, ``epoch``,
+``model``, ``history``, ``best``, ``config``, ``weights_only: True``), and so is a kept
+``last.pt`` once the run is over. :func:`finalize_checkpoints` applies the policy when a run
+ends; the sweep calls it for trials stopped early too. Every file loads with
+:func:`load_checkpoint`; ``lesionsweep evaluate`` needs only ``model`` and ``config``.
 """
 
 from __future__ import annotations
@@ -31,7 +39,14 @@ __all__ = [
     "capture_rng_state",
     "restore_rng_state",
     "unwrap_model",
+    "weights_only",
+    "finalize_checkpoints",
+    "KEEP_CHOICES",
 ]
+
+#: values of ``train.keep_checkpoint``
+KEEP_CHOICES = ("best", "last", "none")
+_RESUME_ONLY = ("optimizer", "schedule", "scaler", "rng")
 
 CHECKPOINT_FORMAT = 1
 
@@ -115,3 +130,43 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     )
     p = state["python"]
     random.setstate((int(p["version"]), tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+
+
+def weights_only(state: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint ``state`` without its resume-only parts (optimizer, schedule, scaler, RNG)."""
+    out = {k: v for k, v in state.items() if k not in _RESUME_ONLY}
+    out["weights_only"] = True
+    return out
+
+
+def finalize_checkpoints(
+    ckpt_dir: str | Path, keep: str = "best", keep_resumable: bool = False
+) -> dict[str, int]:
+    """Apply the checkpoint policy to a finished (or stopped) run's ``checkpoints/`` folder.
+
+    Args:
+        ckpt_dir: the run's ``checkpoints`` folder (missing files are fine).
+        keep: ``best`` keeps ``best.pt``; ``last`` keeps ``last.pt``, rewritten weights-only
+            unless ``keep_resumable``; ``none`` keeps neither.
+        keep_resumable: also keep the resumable ``last.pt`` as it is.
+
+    Returns:
+        ``{file name: bytes}`` of the checkpoint files left (empty when none).
+
+    Raises:
+        TrainingError: ``keep`` is not one of :data:`KEEP_CHOICES`.
+    """
+    if keep not in KEEP_CHOICES:
+        raise TrainingError(f"keep_checkpoint = {keep!r}; choose one of {', '.join(KEEP_CHOICES)}")
+    d = Path(ckpt_dir)
+    last, best = d / "last.pt", d / "best.pt"
+    if keep != "best":
+        best.unlink(missing_ok=True)
+    if last.is_file() and not keep_resumable:
+        if keep == "last":
+            state = load_checkpoint(last)
+            if not state.get("weights_only"):
+                save_checkpoint(last, weights_only(state))
+        else:
+            last.unlink()
+    return {p.name: p.stat().st_size for p in (best, last) if p.is_file()}

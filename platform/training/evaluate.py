@@ -4,8 +4,8 @@
 :func:`evaluate` is the ONLY way to a test split (``test``, ``test-loc``, ...): it loads a run
 folder or checkpoint file, rebuilds the method from the stored config, and evaluates it once
 (the wsolevaluation protocol: the search never sees the test split). A method whose runs have
-their own layout (a multi-stage pipeline) evaluates them through its class's ``evaluate_run``
-hook, as :func:`~lesionsweep.training.run_training` delegates to ``run_pipeline``.
+their own layout (a multi-stage pipeline) evaluates them through its staged runner
+(:mod:`.runners`), as :func:`~lesionsweep.training.run_training` hands the run to it.
 """
 
 from __future__ import annotations
@@ -18,13 +18,18 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import RunConfig, config_from_dict, load_config, merge_flat
+from ..data import build_dataset
 from ..errors import ConfigError, TrainingError
 from ..io import atomic_write_text
+from ..methods import method_class
+from ..metrics import LocalizationSuite
 from .checkpoint import load_checkpoint, unwrap_model
+from .runners import runner_for
 from .runtime import (
     autocast_dtype,
     build_method,
@@ -135,8 +140,11 @@ def _collect(
 
 
 def resolve_checkpoint(source: str | Path, which: str = "best") -> Path:
-    """The checkpoint file for a run folder (``checkpoints/<which>.pt``, falling back to
-    ``last.pt``) or the file itself."""
+    """The checkpoint file for a run folder or the file itself.
+
+    A run folder gives ``checkpoints/<which>.pt``, else the other of ``best.pt`` / ``last.pt``:
+    ``train.keep_checkpoint`` keeps only one of them once a run is over (``best`` by default).
+    """
     p = Path(source)
     if p.is_file():
         return p
@@ -144,11 +152,14 @@ def resolve_checkpoint(source: str | Path, which: str = "best") -> Path:
         raise ConfigError(f"evaluate: {p} is neither a run folder nor a checkpoint file")
     if which not in ("best", "last"):
         raise ConfigError(f"evaluate: which = {which!r}; choose 'best' or 'last'")
-    for name in (which, "last"):
+    for name in (which, "last" if which == "best" else "best"):
         f = p / "checkpoints" / f"{name}.pt"
         if f.is_file():
             return f
-    raise ConfigError(f"evaluate: {p} has no checkpoints/{which}.pt or checkpoints/last.pt")
+    raise ConfigError(
+        f"evaluate: {p} has neither checkpoints/best.pt nor checkpoints/last.pt (a run trained "
+        "with train.keep_checkpoint = none keeps no weights)"
+    )
 
 
 def evaluate(
@@ -180,14 +191,11 @@ def evaluate(
 
     Returns:
         ``{"<split>/<suite key>": value, ..., "<split>/loss": value, "epoch": checkpoint epoch}``.
-        A run folder whose configured method class has a callable ``evaluate_run`` (e.g. the
-        ``wsmis`` pipeline) is evaluated by ``cls.evaluate_run(folder, cfg, split,
+        A run folder whose configured method declares a staged runner (e.g. the ``wsmis``
+        pipeline) is evaluated by that runner's ``evaluate_run(folder, cfg, split,
         batch_size=, device=, which=)`` instead, ``cfg`` being its ``config.yaml`` with
         ``overrides``; that hook defines its keys (``<split>/...`` and ``epoch``).
     """
-    from lesionsweep.data import build_dataset
-    from lesionsweep.metrics import LocalizationSuite
-
     hook = None if isinstance(source, RunConfig) else _run_evaluator(Path(source), overrides)
     if hook is not None:
         run_eval, run_cfg = hook
@@ -259,11 +267,8 @@ def _write_result(path: Path, split: str, checkpoint: str | None, out: Mapping[s
 def _run_evaluator(
     source: Path, overrides: Mapping[str, Any] | None
 ) -> tuple[Any, RunConfig] | None:
-    """``(cls.evaluate_run, config)`` when ``source`` is a run folder whose ``config.yaml`` names
-    a method class with a callable ``evaluate_run``; else None (the checkpoint path)."""
-    import yaml
-    from lesionsweep.methods import method_class
-
+    """``(runner.evaluate_run, config)`` when ``source`` is a run folder whose ``config.yaml``
+    names a method with a staged runner; else None (the checkpoint path)."""
     cfg_file = source / "config.yaml"
     if not (source.is_dir() and cfg_file.is_file()):
         return None
@@ -277,10 +282,10 @@ def _run_evaluator(
         cls = method_class(str(name))
     except KeyError:
         return None
-    hook = getattr(cls, "evaluate_run", None)
-    if not callable(hook):
+    staged = runner_for(cls)
+    if staged is None:
         return None
-    return hook, load_config(cfg_file, overrides)
+    return staged.evaluate_run, load_config(cfg_file, overrides)
 
 
 def json_safe(d: Mapping[str, Any]) -> dict[str, Any]:

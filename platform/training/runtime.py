@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..config import RunConfig
 from ..data.types import Batch, DatasetInfo, Sample, collate
 from ..errors import ConfigError
+from ..methods import create_loss, create_method, method_class, method_params
+from ..methods.losses import loss_names, loss_params
 
 __all__ = [
     "NORM_MEAN",
@@ -202,9 +204,6 @@ def build_method(cfg: RunConfig, info: DatasetInfo) -> torch.nn.Module:
         ConfigError: unknown method/loss name or key, a rejected value, an image size that is not
             a multiple of the method's ``input_multiple``; the message names the config key.
     """
-    from lesionsweep.methods import create_loss, create_method, method_class, method_params
-    from lesionsweep.methods.losses import loss_names, loss_params
-
     name = cfg.method.name
     try:
         cls = method_class(name)

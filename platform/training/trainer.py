@@ -8,8 +8,12 @@ localization split too, so each epoch reports the validation AUROC and the local
 the dataset supports. It writes
 
 * ``out_dir/config.yaml``: the resolved config (:func:`lesionsweep.config.load_config` reads it);
-* ``out_dir/checkpoints/last.pt`` (every epoch) and ``best.pt`` (when ``eval.select_metric``
-  improves), loadable with ``torch.load(weights_only=True)`` (see :mod:`.checkpoint`);
+* ``out_dir/checkpoints/last.pt`` (every epoch; resumable: weights, optimizer, schedule, RNG)
+  and, with ``train.keep_checkpoint: best`` (default), a weights-only ``best.pt`` (when
+  ``eval.select_metric`` improves), loadable with ``torch.load(weights_only=True)`` (see
+  :mod:`.checkpoint`). When the last epoch is done the policy is applied: by default only
+  ``best.pt`` stays (``keep_checkpoint: last | none``, ``keep_resumable: true`` keep otherwise);
+  resuming such a finished run returns its result from ``metrics.jsonl`` without training;
 * ``out_dir/tensorboard/``: a scalar per metric and map overlays of ``train.log_images`` fixed
   validation images (see :mod:`.tensorboard`), taken from ``eval.split`` unless it has neither
   boxes nor masks and a localization split is evaluated, then from that split;
@@ -22,7 +26,12 @@ validation), ``lr`` (learning rate at the epoch's first step), ``val/loss`` and 
 every suite key of ``eval.split``, and ``<loc>/loss`` and ``<loc>/<key>`` (e.g.
 ``val-loc/point_acc_micro``) for every suite key of the localization split ``<loc>`` when one is
 evaluated. ``eval.select_metric`` may name any of them; the plateau schedule and the divergence
-check use ``val/loss``.
+check use ``val/loss``. With ``eval.loc_every = k`` the localization keys are computed on epochs
+``k, 2k, ...`` and the last one, NaN on the others (the losses and AUROC every epoch): a
+localization ``select_metric`` then picks the best among the evaluated epochs only. A sweep that
+early-stops on a localization metric sees NaN in between: Ray's ASHA lets a trial whose value at a
+rung is NaN pass that rung and leaves NaN out of the rung's cutoff, so put the rungs
+(``grace_period``, ``reduction_factor``) on multiples of ``k`` to prune on measured values.
 
 Determinism: the run seed fixes the model initialisation; every epoch reseeds Python, numpy and
 torch from ``(seed, epoch, rank)`` and the shuffling from ``(seed, epoch)``, so on the CPU the same
@@ -41,32 +50,40 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
-from ..config import LOC_SPLIT_CHOICES, RunConfig, config_from_dict, dump_config
+from ..config import LOC_SPLIT_CHOICES, RunConfig, config_from_dict, dump_config, load_config
+from ..data import available_splits, build_dataset
+from ..data.cache import read_manifest
+from ..data.types import DatasetInfo
 from ..errors import ConfigError, DataError, TrainingError
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write_text
+from ..methods import method_class
+from ..metrics import LocalizationSuite
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
+    finalize_checkpoints,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
     unwrap_model,
+    weights_only,
 )
 from .evaluate import evaluate_model, json_safe
 from .optim import LRSchedule, build_optimizer
+from .reports import EpochReport, TrainResult
+from .runners import runner_for
 from .runtime import (
     autocast_dtype,
     build_method,
@@ -78,9 +95,6 @@ from .runtime import (
     seed_everything,
 )
 from .tensorboard import TensorBoardLogger
-
-if TYPE_CHECKING:
-    from ..data.types import DatasetInfo
 
 __all__ = ["EpochReport", "TrainResult", "Trainer", "resolve_loc_split", "run_training"]
 
@@ -94,49 +108,11 @@ RESUMABLE_CHANGES = frozenset(
         "data.root",
         "data.cache",
         "eval.batch_size",
+        "eval.loc_every",
+        "train.keep_checkpoint",
+        "train.keep_resumable",
     }
 )
-
-
-@dataclass
-class EpochReport:
-    """What the reporter receives after each epoch.
-
-    Attributes:
-        epoch: 1-based epoch number.
-        metrics: the epoch's flat metrics (see the module docstring); identical on every rank.
-        checkpoint_dir: the folder holding this epoch's ``last.pt`` (and ``best.pt``) on rank 0;
-            ``None`` on other ranks.
-        is_best: this epoch improved ``eval.select_metric``.
-    """
-
-    epoch: int
-    metrics: dict[str, float]
-    checkpoint_dir: Path | None
-    is_best: bool
-
-
-@dataclass
-class TrainResult:
-    """The outcome of :func:`run_training`.
-
-    Attributes:
-        final: metrics of the last epoch.
-        best: metrics of the best epoch (by ``eval.select_metric``).
-        best_epoch: its 1-based number.
-        epochs_run: epochs completed in total (including those before a resume).
-        history: every epoch's metrics, in order.
-        wall_time_s: wall time of this call.
-        out_dir: the run folder.
-    """
-
-    final: dict[str, float]
-    best: dict[str, float]
-    best_epoch: int
-    epochs_run: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    wall_time_s: float = 0.0
-    out_dir: Path = Path(".")
 
 
 Reporter = Callable[[EpochReport], None]
@@ -152,8 +128,9 @@ def run_training(
 ) -> TrainResult:
     """Train one config and evaluate it on its validation split after every epoch.
 
-    If the method class has a callable ``run_pipeline`` (a multi-stage pipeline), the call is
-    delegated to ``cls.run_pipeline(cfg, out_dir, reporter, resume, progress=progress)``.
+    A method whose class declares a staged runner (``runner = "<name>"`` in the method
+    contract, e.g. the WSMIS pipeline) is run by that runner
+    (:mod:`lesionsweep.training.runners`) with the same arguments.
 
     Args:
         cfg: the run config (``eval.split`` must not be a test split).
@@ -167,15 +144,13 @@ def run_training(
         ConfigError: a bad config value (unknown method kwarg, test split, ...), naming the key.
         TrainingError: a non-finite loss (naming epoch, step and value).
     """
-    from lesionsweep.methods import method_class
-
     try:
         cls = method_class(cfg.method.name)
     except KeyError as e:
         raise ConfigError(f"method.name = {cfg.method.name!r}: {e.args[0]}") from None
-    pipeline = getattr(cls, "run_pipeline", None)
-    if callable(pipeline):
-        return pipeline(cfg, Path(out_dir), reporter, resume, progress=progress)
+    staged = runner_for(cls)
+    if staged is not None:
+        return staged.run_pipeline(cfg, Path(out_dir), reporter, resume, progress=progress)
     return Trainer(cfg, out_dir, progress=progress).fit(reporter=reporter, resume=resume)
 
 
@@ -263,13 +238,9 @@ def resolve_loc_split(cfg: RunConfig, eval_info: DatasetInfo) -> str | None:
     if _has_loc_labels(eval_info) or cfg.eval.split == "val-loc":
         return None
     if cfg.data.cache:
-        from lesionsweep.data.cache import read_manifest
-
         have = tuple(read_manifest(cfg.data.cache)["splits"])
     else:
-        from lesionsweep.data import available_splits
-
-        have = available_splits(cfg.data.dataset)
+        have = available_splits(cfg.data.dataset, cfg.data)
     return "val-loc" if "val-loc" in have else None
 
 
@@ -376,13 +347,15 @@ class Trainer:
             if resume and last_path.is_file():
                 state = load_checkpoint(last_path)
                 self._check_resume_config(state["config"], last_path)
+            elif resume:
+                state = self._finished_run()
             return state
 
         state: dict[str, Any] | None = self._on_main(read_state, share=True)
+        if state is not None and "model" not in state:  # finished, resumable state removed
+            return self._result(state["history"], t_call, ckpt_dir)
 
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
-        from lesionsweep.data import build_dataset
-
         train_ds: Any = self.datasets[0] if self.datasets else build_dataset(cfg.data, "train")
         info = train_ds.info
         model = build_method(cfg, info).to(dev)
@@ -438,8 +411,6 @@ class Trainer:
             return split_info
 
         def setup_validation() -> list[_EvalTarget]:
-            from lesionsweep.metrics import LocalizationSuite
-
             val_ds: Any = (
                 self.datasets[1] if self.datasets else build_dataset(cfg.data, cfg.eval.split)
             )
@@ -562,9 +533,11 @@ class Trainer:
                 overlays: list[Any] = []
                 failure: BaseException | None = None
                 if self.is_main:
+                    loc_now = epoch % cfg.eval.loc_every == 0 or epoch == cfg.train.epochs
                     try:
                         evaluated: dict[str, float] = {}
                         for j, target in enumerate(eval_targets):
+                            target.suite.localize = loc_now
                             try:
                                 res, items = evaluate_model(
                                     model,
@@ -648,17 +621,48 @@ class Trainer:
 
         if not history:
             raise TrainingError(f"{self.out_dir}: no epoch was run (train.epochs = 0?)")
+        if self.is_main:
+            keep, resumable = cfg.train.keep_checkpoint, cfg.train.keep_resumable
+            kept = finalize_checkpoints(ckpt_dir, keep, resumable)
+            self._log(f"checkpoints kept: {kept or 'none'} (bytes)")
+        return self._result(history, t_call, ckpt_dir)
+
+    def _finished_run(self) -> dict[str, Any] | None:
+        """``{"history": [...]}`` of a run in ``out_dir`` that ended and whose resumable
+        checkpoint the policy removed; None when ``out_dir`` holds no such run."""
+        jsonl, cfg_path = self.out_dir / "metrics.jsonl", self.out_dir / "config.yaml"
+        if not (jsonl.is_file() and cfg_path.is_file()):
+            return None
+        self._check_resume_config(load_config(cfg_path).to_dict(), cfg_path)
+        rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+        history = [{k: math.nan if v is None else v for k, v in r.items()} for r in rows]
+        done = int(history[-1]["epoch"]) if history else 0
+        if done < self.cfg.train.epochs:
+            raise TrainingError(
+                f"cannot resume {self.out_dir}: it ran {done} epoch(s) and its resumable "
+                "checkpoints/last.pt was removed (train.keep_resumable = false); use a new "
+                "out_dir or resume=False"
+            )
+        return {"history": history[: self.cfg.train.epochs]}
+
+    def _result(self, history: list[dict[str, float]], t_call: float, ckpt: Path) -> TrainResult:
+        key, mode = self.cfg.eval.select_metric, self.cfg.eval.select_mode
+        best: tuple[int, float] | None = None
+        for h in history:
+            value = float(h.get(key, math.nan))
+            if _is_better(value, None if best is None else best[1], mode):
+                best = (int(h["epoch"]), value)
         assert best is not None
-        best_epoch = int(best["epoch"])
         by_epoch = {int(h["epoch"]): h for h in history}
         return TrainResult(
             final=dict(history[-1]),
-            best=dict(by_epoch.get(best_epoch, history[-1])),
-            best_epoch=best_epoch,
+            best=dict(by_epoch.get(best[0], history[-1])),
+            best_epoch=best[0],
             epochs_run=len(history),
             history=[dict(h) for h in history],
             wall_time_s=time.perf_counter() - t_call,
             out_dir=self.out_dir,
+            checkpoint_bytes=sum(p.stat().st_size for p in ckpt.glob("*.pt")),
         )
 
     def _train_epoch(
@@ -781,7 +785,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
         }
         save_checkpoint(last_path, state)
-        if is_best:
-            atomic_write(best_path, lambda tmp: shutil.copyfile(last_path, tmp))
+        if is_best and self.cfg.train.keep_checkpoint == "best":
+            save_checkpoint(best_path, weights_only(state))
         lines = "".join(json.dumps(json_safe(h)) + "\n" for h in history)
         atomic_write_text(self.out_dir / "metrics.jsonl", lines)

@@ -188,3 +188,25 @@ def test_bad_splits_and_options_fail_before_writing(nih_root: Path, tmp_path: Pa
     with pytest.raises(DataError, match=r"unknown data option\(s\) 'sed'"):
         build_cache(replace(_cfg(nih_root), options={"sed": 1}), tmp_path / "c")
     assert not any(tmp_path.iterdir())
+
+
+def test_the_phantoms_confounder_masks_round_trip(tmp_path: Path) -> None:
+    opts = {"num_train": 4, "num_val": 12, "confounder_class": "effusion", "confounder_prob": 1.0}
+    cfg = DataConfig(dataset="phantom", image_size=64, options=opts)
+    out = build_cache(cfg, tmp_path / "c", splits=("val",), num_workers=0)
+    src, cached = build_dataset(cfg, "val"), CachedDataset(out, "val")
+    assert cached.info.confounder_class == src.info.confounder_class == "effusion"
+    tubes = 0
+    for i in range(len(src)):
+        a, b = src[i], cached[i]
+        assert a.confounder is not None and b.confounder is not None
+        assert b.confounder.dtype == torch.bool and torch.equal(a.confounder, b.confounder)
+        tubes += int(b.confounder.any())
+    assert tubes > 0
+    batch = collate([cached[0], cached[1]])
+    assert batch.confounder is not None and batch.confounder.shape == (2, 64, 64)
+    # a class subset without the confounder's class names none (as the phantom does)
+    sub = CachedDataset(out, "val", classes=["nodule"])
+    assert sub.info.confounder_class is None
+    plain = build_cache(replace(cfg, options={"num_train": 4, "num_val": 3}), tmp_path / "p")
+    assert CachedDataset(plain, "val")[0].confounder is None

@@ -107,9 +107,10 @@ def test_dataset_paths_splits_and_policies(tmp_path: Path) -> None:
     assert item.target_mask.tolist() == [0.0] and item.target.tolist() == [0.0]
 
 
-def test_no_loc_splits_and_bad_inputs(tmp_path: Path) -> None:
+def test_loc_splits_need_chexlocalize_and_bad_inputs(tmp_path: Path) -> None:
     top = _write_root(tmp_path, n_patients=3)
-    with pytest.raises(DataError, match=r"split not available 'val-loc'.*it has: train, val, test"):
+    # val-loc / test-loc come from CheXlocalize (tests/unit/test_data_chexlocalize.py)
+    with pytest.raises(DataError, match=r"CheXlocalize file gt_segmentations_val.json not found"):
         CheXpertDataset(top, "val-loc")
     with pytest.raises(DataError, match=r"uncertainty=.*unknown uncertainty policy 'U-Twos'"):
         CheXpertDataset(top, "train", options={"uncertainty": "U-Twos"})

@@ -22,9 +22,8 @@ def nih_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_registry_and_available_splits() -> None:
     assert set(DATASETS) == {"phantom", "nih", "siim", "rsna", "chexpert"}
-    for name in ("nih", "siim", "rsna", "phantom"):
+    for name in ("nih", "siim", "rsna", "phantom", "chexpert"):  # CheXpert's *-loc: CheXlocalize
         assert available_splits(name) == SPLITS
-    assert available_splits("chexpert") == ("train", "val", "test")
 
 
 def test_nih_through_the_config(nih_root: Path) -> None:
@@ -63,7 +62,8 @@ def test_split_and_dataset_errors(nih_root: Path) -> None:
     cfg = DataConfig(dataset="nih", root=str(nih_root), image_size=32)
     with pytest.raises(DataError, match=r"unknown split 'validation'.*train, val, val-loc, test"):
         build_dataset(cfg, "validation")
-    with pytest.raises(DataError, match=r"'val-loc' is not available for dataset 'chexpert'.*"):
+    # CheXpert's val-loc needs CheXlocalize's files next to the data
+    with pytest.raises(DataError, match=r"CheXlocalize file gt_segmentations_val.json not found"):
         build_dataset(replace(cfg, dataset="chexpert"), "val-loc")
     with pytest.raises(DataError, match=r"data.root is required for dataset 'nih'"):
         build_dataset(replace(cfg, root=None), "train")

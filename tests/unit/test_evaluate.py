@@ -34,7 +34,8 @@ RAW: dict[str, Any] = {
         "options": {"num_train": 32, "num_val": 16, "num_test": 16},
     },
     "optim": {"name": "adam", "lr": 1e-3},
-    "train": {"epochs": 2, "batch_size": 8, "seed": 1, "log_images": 0},
+    # keep_resumable: these tests read both best.pt and the full last.pt
+    "train": {"epochs": 2, "batch_size": 8, "seed": 1, "log_images": 0, "keep_resumable": True},
     "eval": {"batch_size": 8, "select_metric": "val/loss", "select_mode": "min"},
 }
 
@@ -92,10 +93,40 @@ def test_resolve_checkpoint_errors(run: TrainResult, tmp_path: Path) -> None:
     assert resolve_checkpoint(run.out_dir, "last").name == "last.pt"
     with pytest.raises(ConfigError, match="neither a run folder nor a checkpoint"):
         resolve_checkpoint(tmp_path / "missing")
-    with pytest.raises(ConfigError, match=r"no checkpoints/best\.pt"):
+    with pytest.raises(ConfigError, match=r"neither checkpoints/best\.pt nor"):
         resolve_checkpoint(tmp_path)
     with pytest.raises(ConfigError, match=r"which = 'worst'"):
         resolve_checkpoint(run.out_dir, "worst")
+
+
+def test_evaluate_under_each_checkpoint_policy(tmp_path: Path) -> None:
+    """Default policy: only a weights-only best.pt stays, and evaluate RUN uses it (also for
+    which="last"); keep_checkpoint=last keeps a weights-only last.pt; none keeps nothing."""
+    runs = {}
+    for keep in ("best", "last", "none"):
+        raw = {**RAW, "train": {**RAW["train"], "keep_resumable": False, "keep_checkpoint": keep}}
+        if keep == "best":
+            raw["train"].pop("keep_checkpoint")  # the default
+        runs[keep] = run_training(config_from_dict(raw), tmp_path / keep)
+    kept = {
+        k: sorted(p.name for p in (r.out_dir / "checkpoints").iterdir()) for k, r in runs.items()
+    }
+    assert kept == {"best": ["best.pt"], "last": ["last.pt"], "none": []}
+    best = runs["best"]
+    state = load_checkpoint(best.out_dir / "checkpoints" / "best.pt")
+    assert state["weights_only"] and "optimizer" not in state and "rng" not in state
+    assert best.checkpoint_bytes == (best.out_dir / "checkpoints" / "best.pt").stat().st_size
+    m = evaluate(best.out_dir, "val")
+    assert m["epoch"] == best.best_epoch
+    assert m["val/loss"] == pytest.approx(best.best["val/loss"], rel=1e-6)
+    assert resolve_checkpoint(best.out_dir, "last").name == "best.pt"
+    last = runs["last"]
+    assert evaluate(last.out_dir, "val")["val/loss"] == pytest.approx(
+        last.final["val/loss"], rel=1e-6
+    )
+    assert "optimizer" not in load_checkpoint(last.out_dir / "checkpoints" / "last.pt")
+    with pytest.raises(ConfigError, match="keep_checkpoint = none keeps no weights"):
+        evaluate(runs["none"].out_dir, "val")
 
 
 # ----------------------------------------------------------------------------- checkpoints

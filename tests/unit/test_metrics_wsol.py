@@ -219,14 +219,14 @@ def test_maxboxacc_v2_hand_computed() -> None:
     ev = MaxBoxAccV2Evaluator(cam_curve_interval=0.2)
     ev.accumulate(np.stack([UNIMODAL, MULTIMODAL]), [np.array([[2, 1, 4, 3]]), [[0, 3, 1, 3]]])
     curves = ev.accuracy_curves()
-    np.testing.assert_allclose(curves[0], [50, 50, 100, 100, 100])  # IoU >= .3
-    np.testing.assert_allclose(curves[1], [50, 50, 100, 100, 50])  # IoU >= .5
-    np.testing.assert_allclose(curves[2], [50, 50, 50, 50, 50])  # IoU >= .7
+    np.testing.assert_allclose(curves[0], [0.5, 0.5, 1, 1, 1])  # IoU >= .3
+    np.testing.assert_allclose(curves[1], [0.5, 0.5, 1, 1, 0.5])  # IoU >= .5
+    np.testing.assert_allclose(curves[2], [0.5, 0.5, 0.5, 0.5, 0.5])  # IoU >= .7
     res = ev.compute()
-    assert res["maxboxacc@30"] == 100.0
-    assert res["maxboxacc@50"] == 100.0
-    assert res["maxboxacc@70"] == 50.0
-    assert res["maxboxacc_v2"] == pytest.approx(250.0 / 3)
+    assert res["maxboxacc@30"] == 1.0
+    assert res["maxboxacc@50"] == 1.0
+    assert res["maxboxacc@70"] == 0.5
+    assert res["maxboxacc_v2"] == pytest.approx(2.5 / 3)
     ev.reset()
     assert math.isnan(ev.compute()["maxboxacc_v2"])
 
@@ -235,14 +235,14 @@ def test_maxboxacc_v1_uses_largest_contour_only() -> None:
     ev = MaxBoxAccV2Evaluator(cam_curve_interval=0.2, multi_contour_eval=False)
     ev.accumulate(MULTIMODAL[None], [[[0, 3, 1, 3]]])
     # largest-contour boxes: [0,0,4,3] .1, [0,0,2,2] 0, [0,3,3,3] .5, [2,3,3,3] 0, [0,3,1,3] 1
-    np.testing.assert_allclose(ev.accuracy_curves()[1], [0, 0, 100, 0, 100])
+    np.testing.assert_allclose(ev.accuracy_curves()[1], [0, 0, 1, 0, 1])
 
 
 def test_maxboxacc_constant_map_box_is_corner_pixel() -> None:
     ev = MaxBoxAccV2Evaluator(cam_curve_interval=0.2)
     ev.accumulate(np.zeros((2, 4, 5)), [[[0, 0, 0, 0]], [[1, 1, 2, 2]]])
     # no contour -> box [0,0,0,0]: IoU 1 with the corner GT, 0 with the other
-    assert ev.compute()["maxboxacc@70"] == 50.0
+    assert ev.compute()["maxboxacc@70"] == 0.5
 
 
 def test_maxboxacc_rejects_nan_and_missing_gt() -> None:
@@ -258,17 +258,17 @@ MASK = np.zeros((4, 5), dtype=bool)
 MASK[1:3, 1:4] = True  # 6 of 20 pixels
 
 
-def test_pxap_perfect_map_is_100() -> None:
+def test_pxap_perfect_map_is_1() -> None:
     ev = PxAPEvaluator()
     ev.accumulate(MASK[None].astype(np.float64), MASK[None])
-    assert ev.compute()["pxap"] == 100.0
+    assert ev.compute()["pxap"] == 1.0
 
 
 @pytest.mark.parametrize("value", [0.0, 0.5, 1.0])
 def test_pxap_constant_map_is_positive_fraction(value: float) -> None:
     ev = PxAPEvaluator()
     ev.accumulate(np.full((1, 4, 5), value), MASK[None])
-    assert ev.compute()["pxap"] == pytest.approx(100.0 * 6 / 20)
+    assert ev.compute()["pxap"] == pytest.approx(6 / 20)
 
 
 def test_pxap_ignore_mask_drops_pixels() -> None:
@@ -276,14 +276,14 @@ def test_pxap_ignore_mask_drops_pixels() -> None:
     ignore[0, :] = True  # 5 negatives ignored
     ev = PxAPEvaluator()
     ev.accumulate(np.full((1, 4, 5), 0.3), MASK[None], ignore[None])
-    assert ev.compute()["pxap"] == pytest.approx(100.0 * 6 / 15)
+    assert ev.compute()["pxap"] == pytest.approx(6 / 15)
 
 
 def test_pxap_hand_ranking() -> None:
     # scores .9 (pos), .8 (neg), .7 (pos), .1 (neg): AP = 1 * 1/2 + 2/3 * 1/2
     ev = PxAPEvaluator()
     ev.accumulate(np.array([[[0.9, 0.8, 0.7, 0.1]]]), np.array([[[True, False, True, False]]]))
-    assert ev.compute()["pxap"] == pytest.approx(100 * (0.5 + 1 / 3))
+    assert ev.compute()["pxap"] == pytest.approx(0.5 + 1 / 3)
 
 
 def test_pxap_matches_sklearn_on_bin_quantised_scores() -> None:
@@ -295,7 +295,7 @@ def test_pxap_matches_sklearn_on_bin_quantised_scores() -> None:
     gt = rng.random((6, 4, 5)) < scores * 0.8 + 0.05
     ev.accumulate(scores[:3], gt[:3])
     ev.accumulate(scores[3:], gt[3:])  # accumulation over batches
-    ref = 100 * average_precision_score(gt.ravel(), scores.ravel())
+    ref = average_precision_score(gt.ravel(), scores.ravel())
     assert ev.compute()["pxap"] == pytest.approx(ref, rel=1e-12)
 
 

@@ -318,7 +318,7 @@ def test_window_upsampling_equals_the_full_resize(sw: int, s: int) -> None:
     # masks are cut from fields upsampled like the image; at factor 2 only a block around the
     # window is resized, which must give the very values of the full resize
     import cv2
-    from lesionsweep.data.phantom import _upsample_region
+    from lesionsweep.data.phantom.banks import _upsample_region
 
     rng = np.random.default_rng(0)
     arr = rng.standard_normal((sw, sw)).astype(np.float32)
@@ -332,7 +332,7 @@ def test_window_upsampling_equals_the_full_resize(sw: int, s: int) -> None:
 
 
 def test_cut_keeps_the_largest_component_on_its_tight_box() -> None:
-    from lesionsweep.data.phantom import _cut
+    from lesionsweep.data.phantom.anatomy import _cut
 
     rng = np.random.default_rng(1)
     for _ in range(20):

@@ -30,6 +30,7 @@ from lesionsweep.training import (
     TrainResult,
     load_checkpoint,
     run_training,
+    runners,
 )
 from torch import nn
 
@@ -158,13 +159,22 @@ def test_run_writes_config_checkpoints_tensorboard_metrics(
     )
     assert result.best_epoch == int(best["epoch"]) and result.best == best
 
-    # checkpoints: weights_only loads, plain contents, best = the best epoch
-    last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    assert last["epoch"] == 2 and len(last["history"]) == 2
-    assert set(last) >= {"model", "optimizer", "schedule", "scaler", "rng", "config", "history"}
-    assert config_from_dict(last["config"]) == cfg
-    best_ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
-    assert best_ckpt["epoch"] == result.best_epoch
+    # checkpoints (default policy keep_checkpoint=best): the resumable last.pt was removed when
+    # the run ended; best.pt is weights-only, loads with weights_only=True, plain contents
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt"]
+    best_ckpt = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    assert best_ckpt["epoch"] == result.best_epoch and len(best_ckpt["history"]) == 2
+    assert set(best_ckpt) == {
+        "format",
+        "epoch",
+        "model",
+        "history",
+        "best",
+        "config",
+        "weights_only",
+    }
+    assert config_from_dict(best_ckpt["config"]) == cfg
+    assert result.checkpoint_bytes == (out / "checkpoints" / "best.pt").stat().st_size
 
     # metrics.jsonl: one strict-JSON line per epoch, same values as the history
     lines = (out / "metrics.jsonl").read_text().splitlines()
@@ -191,8 +201,8 @@ def test_same_config_same_metrics(
 ) -> None:
     again = run_training(tiny(), tmp_path / "again")
     assert same(again.history, baseline[0].history)
-    a = load_checkpoint(tmp_path / "again" / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(baseline[0].out_dir / "checkpoints" / "last.pt")["model"]
+    a = load_checkpoint(tmp_path / "again" / "checkpoints" / "best.pt")["model"]
+    b = load_checkpoint(baseline[0].out_dir / "checkpoints" / "best.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     other = run_training(tiny(train={"seed": 4}), tmp_path / "other")
     assert not same(other.history, baseline[0].history)  # the seed matters
@@ -217,14 +227,16 @@ def test_resume_equals_uninterrupted(
     assert seen == [2]  # only the remaining epoch ran
     assert result.epochs_run == 2
     assert same(result.history, baseline[0].history)
-    a = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(baseline[0].out_dir / "checkpoints" / "last.pt")["model"]
+    a = load_checkpoint(out / "checkpoints" / "best.pt")["model"]
+    b = load_checkpoint(baseline[0].out_dir / "checkpoints" / "best.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert not (out / "checkpoints" / "last.pt").exists()  # removed once the run ended
 
-    # a finished run resumes to a no-op with the same result
+    # a finished run resumes to a no-op with the same result (from metrics.jsonl)
     done = run_training(tiny(), out, reporter=lambda r: seen.append(r.epoch))
     assert seen == [2] and same(done.history, result.history)
+    assert (done.best_epoch, done.epochs_run) == (result.best_epoch, 2)
 
     # resume=False starts over
     fresh = run_training(tiny(), out, resume=False, reporter=lambda r: seen.append(r.epoch))
@@ -240,9 +252,17 @@ def test_resume_with_a_different_config_is_refused(
     shutil.copytree(baseline[0].out_dir, out)
     with pytest.raises(ConfigError, match=r"optim\.lr \(0\.001 -> 0\.01\)") as e:
         run_training(tiny(optim={"lr": 1e-2}), out)
+    assert "config.yaml" in str(e.value)  # the finished run's resumable state is gone
+    # more epochs need the resumable state, which the default policy removed at the end
+    with pytest.raises(TrainingError, match="keep_resumable"):
+        run_training(tiny(train={"epochs": 3}), out)
+    # kept with keep_resumable: more epochs is a legal continuation
+    kept = tmp_path / "kept"
+    run_training(tiny(train={"keep_resumable": True}), kept)
+    with pytest.raises(ConfigError, match=r"optim\.lr") as e:
+        run_training(tiny(optim={"lr": 1e-2}), kept)
     assert "last.pt" in str(e.value)
-    # more epochs is a legal continuation
-    more = run_training(tiny(train={"epochs": 3}), out)
+    more = run_training(tiny(train={"epochs": 3}), kept)
     assert more.epochs_run == 3 and [int(h["epoch"]) for h in more.history] == [1, 2, 3]
 
 
@@ -310,22 +330,50 @@ def test_missing_dataset_leaves_no_run_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_pipeline_methods_are_delegated(register: Any, tmp_path: Path) -> None:
+def test_staged_methods_are_run_by_their_runner(register: Any, tmp_path: Path) -> None:
     calls: list[tuple[Any, ...]] = []
 
-    class _Pipeline(_NanAt):
+    class _Runner:
         @classmethod
         def run_pipeline(
-            cls, cfg: RunConfig, out_dir: Path, reporter: Any, resume: bool, progress: bool = False
+            cls,
+            cfg: RunConfig,
+            out_dir: Path,
+            reporter: Any = None,
+            resume: bool = True,
+            *,
+            datasets: Any = None,
+            progress: bool = False,
         ) -> Any:
             calls.append((cfg.method.name, out_dir, reporter, resume))
             return "delegated"
 
-    register("_test_pipeline", _Pipeline)
-    cfg = tiny(method={"name": "_test_pipeline"})
-    assert run_training(cfg, tmp_path, reporter=print, resume=False) == "delegated"
-    assert calls == [("_test_pipeline", tmp_path, print, False)]
+        @staticmethod
+        def evaluate_run(run_dir: Any, cfg: RunConfig, split: str, **kw: Any) -> dict[str, float]:
+            return {f"{split}/x": 1.0}
+
+    class _Staged(_NanAt):
+        runner = "_test_runner"
+
+    runners.register_runner("_test_runner", _Runner)
+    register("_test_staged", _Staged)
+    cfg = tiny(method={"name": "_test_staged"})
+    try:
+        assert run_training(cfg, tmp_path, reporter=print, resume=False) == "delegated"
+    finally:
+        runners._RUNNERS.pop("_test_runner", None)
+    assert calls == [("_test_staged", tmp_path, print, False)]
     assert not (tmp_path / "config.yaml").exists()
+
+
+def test_a_method_naming_an_unknown_runner_is_a_config_error(register: Any, tmp_path: Path) -> None:
+    class _Orphan(_NanAt):
+        runner = "_no_such_runner"
+
+    register("_test_orphan", _Orphan)
+    with pytest.raises(ConfigError, match="_no_such_runner"):
+        run_training(tiny(method={"name": "_test_orphan"}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_three_channel_input_and_step_schedule(tmp_path: Path) -> None:
@@ -335,7 +383,7 @@ def test_three_channel_input_and_step_schedule(tmp_path: Path) -> None:
     )
     result = run_training(cfg, tmp_path)
     assert [h["lr"] for h in result.history] == pytest.approx([1e-3, 5e-4])
-    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    state = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
     stem = [v for k, v in state["model"].items() if v.ndim == 4][0]
     assert stem.shape[1] == 3  # the backbone was built for 3 channels
     assert not list((tmp_path / "tensorboard").glob("*")) == []
@@ -563,7 +611,7 @@ def test_ddp_rank0_setup_failure_reaches_every_rank(tmp_path: Path) -> None:
 def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
-    cfg = tiny(train={"epochs": 2, "device": "cpu"})
+    cfg = tiny(train={"epochs": 2, "device": "cpu", "keep_resumable": True})
     out = tmp_path / "run"
     out.mkdir()
     mp.start_processes(
@@ -619,8 +667,8 @@ LEARN: dict[str, dict[str, Any]] = {
 def test_each_method_beats_chance_point_accuracy(name: str, tmp_path: Path) -> None:
     if name.startswith("_test"):
         pytest.skip("test-only method")
-    if callable(getattr(method_class(name), "run_pipeline", None)):
-        pytest.skip("a multi-stage pipeline (run_pipeline): its own tests cover what it learns")
+    if method_class(name).runner is not None:
+        pytest.skip("a multi-stage method (staged runner): its own tests cover what it learns")
     if name not in LEARN:
         pytest.fail(f"method {name!r} has no learning settings in LEARN; add them")
     spec = LEARN[name]
@@ -669,7 +717,14 @@ def test_cuda_amp_channels_last_run(
     dtype = getattr(torch, amp_dtype)
     monkeypatch.setattr(trainer_mod, "autocast_dtype", lambda dev, amp: dtype if amp else None)
     cfg = tiny(
-        train={"device": "auto", "amp": True, "channels_last": True, "in_chans": 3, "epochs": 2},
+        train={
+            "device": "auto",
+            "amp": True,
+            "channels_last": True,
+            "in_chans": 3,
+            "epochs": 2,
+            "keep_resumable": True,
+        },
         data={"num_workers": 2},
     )
     result = run_training(cfg, tmp_path)
@@ -680,3 +735,70 @@ def test_cuda_amp_channels_last_run(
     )
     m = evaluate(tmp_path, "val", which="last", device="cuda")
     assert m["val/auroc_macro"] == pytest.approx(result.final["val/auroc_macro"], abs=0.05)
+
+
+# ----------------------------------------------------------------------------- eval.loc_every
+
+
+def test_loc_every_skips_localization_epochs_only(
+    baseline: tuple[TrainResult, list[EpochReport]], tmp_path: Path
+) -> None:
+    """loc_every=3 over 2 epochs: epoch 1 has AUROC and losses but NaN localization metrics;
+    the last epoch is always evaluated and equals the every-epoch baseline (training unchanged);
+    a localization select_metric never picks an epoch whose metric was skipped."""
+    cfg = tiny(eval={"loc_every": 3})
+    result = run_training(cfg, tmp_path / "a")
+    first, last = result.history
+    ref_first, ref_last = baseline[0].history
+    loc_keys = [k for k in ref_first if k.startswith("val/") and "auroc" not in k]
+    loc_keys = [k for k in loc_keys if k != "val/loss" and not k.startswith("val/nih_num")]
+    assert {"val/maxboxacc_v2", "val/pxap", "val/point_acc_micro", "val/iobb@0.1"} <= set(loc_keys)
+    assert all(math.isnan(first[k]) for k in loc_keys)
+    assert first["val/auroc_macro"] == ref_first["val/auroc_macro"]
+    assert first["val/loss"] == ref_first["val/loss"]
+    assert same([last], [ref_last])
+    picked = run_training(
+        tiny(eval={"loc_every": 3, "select_metric": "val/maxboxacc_v2"}), tmp_path / "b"
+    )
+    assert picked.best_epoch == 2
+
+
+def test_checkpoint_policy_and_loc_every_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"eval\.loc_every must be >= 1, got 0"):
+        tiny(eval={"loc_every": 0})
+    with pytest.raises(ConfigError, match=r"train\.keep_checkpoint = 'all'.*best, last, none"):
+        tiny(train={"keep_checkpoint": "all"})
+
+
+def test_keep_resumable_keeps_the_full_last_checkpoint(tmp_path: Path) -> None:
+    result = run_training(tiny(train={"keep_resumable": True}), tmp_path)
+    ckpt = tmp_path / "checkpoints"
+    last, best = load_checkpoint(ckpt / "last.pt"), load_checkpoint(ckpt / "best.pt")
+    assert {"optimizer", "schedule", "rng"} <= set(last) and last["epoch"] == 2
+    assert best["weights_only"] and "optimizer" not in best
+    # AdamW keeps two moments per weight: the resumable file is ~3x the weights-only one
+    assert (ckpt / "last.pt").stat().st_size > 2.5 * (ckpt / "best.pt").stat().st_size
+    assert result.checkpoint_bytes == sum(p.stat().st_size for p in ckpt.iterdir())
+
+
+def test_finalize_checkpoints_for_a_stopped_run(tmp_path: Path) -> None:
+    """A run stopped after epoch 1 (as an early-stopped trial) keeps its resumable last.pt until
+    the sweep applies the policy to it."""
+    from lesionsweep.training import finalize_checkpoints
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(rep: EpochReport) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_training(tiny(), tmp_path, reporter=stop_after_first)
+    ckpt = tmp_path / "checkpoints"
+    assert {"optimizer", "rng"} <= set(load_checkpoint(ckpt / "last.pt"))  # resumable meanwhile
+    kept = finalize_checkpoints(ckpt, "last")
+    assert list(kept) == ["last.pt"] and not (ckpt / "best.pt").exists()
+    assert load_checkpoint(ckpt / "last.pt")["weights_only"]
+    assert finalize_checkpoints(ckpt, "none") == {} and not any(ckpt.iterdir())
+    with pytest.raises(TrainingError, match="keep_checkpoint = 'some'"):
+        finalize_checkpoints(ckpt, "some")

@@ -15,10 +15,15 @@ import numpy as np
 import pytest
 import torch
 from lesionsweep.config import config_from_dict
+from lesionsweep.data import build_dataset
 from lesionsweep.errors import ConfigError
-from lesionsweep.methods.wsmis import WSMIS
-from lesionsweep.methods.wsmis.pipeline import reported_keys
+from lesionsweep.methods.backbones import create_backbone
+from lesionsweep.methods.wsmis import effective_radius
+from lesionsweep.methods.wsmis.unet import UNet
 from lesionsweep.training.trainer import EpochReport, run_training
+from lesionsweep.training.wsmis import STAGE_KNOBS, WsmisRunner, reported_keys
+from lesionsweep.training.wsmis.loading import IndexedLoader
+from lesionsweep.training.wsmis.stage3 import stage3_optimizer
 
 
 def _cfg(**method: object) -> object:
@@ -95,7 +100,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFi
 
     # resume: every stage is finished -> nothing re-runs, same result
     again: list[EpochReport] = []
-    res2 = WSMIS.run_pipeline(cfg, tmp_path, again.append, True, progress=True)
+    res2 = WsmisRunner.run_pipeline(cfg, tmp_path, again.append, True, progress=True)
     assert again == []
     assert res2.final == res.final and res2.epochs_run == 3
     assert "[wsmis] stage 3: finished" in capsys.readouterr().err
@@ -198,13 +203,11 @@ def test_a_rerun_stage_forgets_later_stages_before_it_runs(tmp_path: Path) -> No
 
 
 def test_indexed_loader_yields_the_dataset_indices_of_each_batch() -> None:
-    from lesionsweep.data import build_dataset
-    from lesionsweep.methods.wsmis.pipeline import _IndexedLoader
 
     ds = build_dataset(_cfg().data, "train")
     want = np.arange(1, len(ds), 2)
     gen = torch.Generator().manual_seed(0)
-    loader = _IndexedLoader(
+    loader = IndexedLoader(
         ds, want, batch_size=3, num_workers=0, device=torch.device("cpu"), shuffle=True,
         generator=gen, drop_last=False,
     )  # fmt: skip
@@ -217,24 +220,21 @@ def test_indexed_loader_yields_the_dataset_indices_of_each_batch() -> None:
     assert not np.array_equal(order, want)  # shuffled (seed 0)
     again = np.concatenate([i for i, _ in loader])
     assert not np.array_equal(again, order)  # a new order each pass
-    _, batch = next(iter(_IndexedLoader(ds, want, batch_size=3, num_workers=0,
+    _, batch = next(iter(IndexedLoader(ds, want, batch_size=3, num_workers=0,
                                         device=torch.device("cpu"), masks=True)))  # fmt: skip
     assert batch.masks is not None and batch.masks.shape == (3, 1, 64, 64)
 
 
 def test_stage3_optimizer_splits_the_platform_groups(tmp_path: Path) -> None:
-    from lesionsweep.methods.backbones import create_backbone
-    from lesionsweep.methods.wsmis.pipeline import _Pipeline
-    from lesionsweep.methods.wsmis.unet import UNet
 
     cfg = _cfg(stage3_lr=1e-3)
     cfg = cfg.replace(
         optim=dataclasses.replace(cfg.optim, name="sgd", momentum=0.8, weight_decay=1e-4)
     )
-    pipe = _Pipeline(cfg, tmp_path, None)
+    pipe = WsmisRunner(cfg, tmp_path, None)
     pipe.s = {"stage3_lr": 1e-3}
     net = UNet(create_backbone("test_resnet", 1, False), 1)
-    opt = pipe.stage3_optimizer(net)
+    opt = stage3_optimizer(pipe, net)
     assert isinstance(opt, torch.optim.SGD)
     enc = {id(p) for p in net.encoder.parameters()}
     ids = [id(p) for g in opt.param_groups for p in g["params"]]
@@ -285,28 +285,21 @@ def test_phantom_final_dice_beats_thresholded_cams(tmp_path: Path) -> None:
 def test_every_knob_belongs_to_exactly_one_stage() -> None:
     # a knob outside the stage fingerprints would not re-run its stage on resume
     from lesionsweep.methods import method_params
-    from lesionsweep.methods.wsmis.pipeline import _STAGE_KNOBS
 
-    owners = [k for knobs in _STAGE_KNOBS.values() for k in knobs]
+    owners = [k for knobs in STAGE_KNOBS.values() for k in knobs]
     assert len(owners) == len(set(owners))
     assert set(owners) == set(method_params("wsmis"))
 
 
 def test_effective_radius_scales_with_the_grid() -> None:
-    from lesionsweep.methods.wsmis.pipeline import effective_radius
-
     assert effective_radius(10, (128, 128)) == 10 and effective_radius(5, (128, 128)) == 5
     assert effective_radius(10, (32, 32)) == 3 and effective_radius(5, (32, 32)) == 2
     assert effective_radius(5, (16, 24)) == 2  # never below 2, shortest side counts
 
 
 def test_dice_metric_without_masks_is_refused_early(tmp_path: Path) -> None:
-    from lesionsweep.data import build_dataset
-
     cfg = _cfg()
     train = build_dataset(cfg.data, "train")
     val = build_dataset(cfg.data, "val")
-    from lesionsweep.methods.wsmis import WSMIS
-
     with pytest.raises(ConfigError, match="needs masks"):
-        WSMIS.run_pipeline(cfg, tmp_path, None, False, datasets=(train, val, None))
+        WsmisRunner.run_pipeline(cfg, tmp_path, None, False, datasets=(train, val, None))

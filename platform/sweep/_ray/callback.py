@@ -22,7 +22,8 @@ from typing import Any
 from ray import tune
 from ray.tune.experiment import Trial
 
-from ...errors import ConfigError
+from ...errors import ConfigError, LesionSweepError
+from ...training import finalize_checkpoints
 from ..hparams import write_session_end, write_session_start
 from ..results import EpochRecord, TrialRecord
 from ..spec import build_trial_config
@@ -185,6 +186,8 @@ class ResultsCallback(tune.Callback):
         rec.updated_at = datetime.now(timezone.utc)
         d = self._abs_run_dir(rec)
         if d is not None:
+            if rec.status in ("pruned", "stopped"):
+                self._apply_checkpoint_policy(rec, d / "checkpoints")
             rec.checkpoint_bytes = _dir_bytes(d / "checkpoints")
             try:
                 write_session_end(d / "tensorboard", rec.status, step=rec.epochs_run)
@@ -197,6 +200,17 @@ class ResultsCallback(tune.Callback):
         rec.config_json = ""
         if self.printer:
             self.printer.finished(rec, self._counts())
+
+    def _apply_checkpoint_policy(self, rec: TrialRecord, ckpt_dir: Path) -> None:
+        """A trial stopped early never reached the trainer's end: apply its checkpoint policy
+        (``train.keep_checkpoint`` / ``train.keep_resumable``) here."""
+        try:
+            train = json.loads(rec.config_json)["train"]
+            finalize_checkpoints(
+                ckpt_dir, train.get("keep_checkpoint", "best"), train.get("keep_resumable", False)
+            )
+        except (KeyError, ValueError, TypeError, OSError, LesionSweepError) as e:
+            log.warning("checkpoint policy not applied to %s: %s", rec.trial_id, e)
 
     def _drop_lost(self, trials: Sequence[Trial]) -> None:
         """Forget trials the restored Tune state does not know.
