@@ -35,11 +35,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, _w)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` atomically; ``fsync=False`` skips the flush to disk (the file is still
+    never torn for readers or after a process dies; only a machine crash may lose it)."""
+
     def _w(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
 
     atomic_write(path, _w)

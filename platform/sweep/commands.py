@@ -3,6 +3,10 @@
 * :func:`run_sweep` — ``lesionsweep sweep [SPEC] [--set k=v] [--address A]``
 * :func:`resume_sweep` — ``lesionsweep resume SWEEP``
 * :func:`export_configs` — ``lesionsweep export SWEEP [--top-k K] [--per-method] [--pareto]``
+* :func:`compact_sweep` — ``lesionsweep compact SWEEP`` (merge live fragments into the tables)
+
+``sweep`` and ``resume`` exit 1 when no trial completed (the distinct failure reasons are
+printed), 130 when interrupted.
 
 Ray is imported only when a sweep actually runs (through :mod:`.backend`).
 """
@@ -26,12 +30,14 @@ from .export import SPEC_FILE, Exported, export_sweep
 from .results import read_table
 from .spec import SweepSpec, load_spec, parse_overrides, spec_from_dict
 from .storage import SweepLocation
+from .store import compact
 from .summary import SweepSummary, summarize
 
 __all__ = [
     "run_sweep",
     "resume_sweep",
     "export_configs",
+    "compact_sweep",
     "add_subparsers",
     "load_sweep_spec",
     "profile_overrides",
@@ -205,8 +211,8 @@ def resume_sweep(
 
     Finished trials are kept; unfinished ones restart with the same trial id and continue after
     their last checkpoint; failed ones stay failed unless ``retry_failed``. ASHA's rungs and the
-    pruned trials are reloaded from ``asha_state.json``; the searcher's Optuna study from Ray's
-    searcher checkpoint.
+    pruned trials are reloaded from ``asha_state.jsonl``; the Optuna study from the sweep's
+    journal (``optuna.journal``) or ``searcher.storage``.
     """
     spec = load_sweep_spec(sweep)
     if progress:
@@ -235,6 +241,30 @@ def export_configs(
 # ---------------------------------------------------------------------------------------------
 
 
+def compact_sweep(sweep: str | Path, all_trials: bool = False) -> tuple[int, int]:
+    """Merge a sweep's live fragments into ``trials.parquet`` / ``epochs.parquet``.
+
+    Only finished trials' fragments are merged unless ``all_trials`` (safe while the sweep
+    runs). Returns the row counts of the two tables.
+    """
+    loc = SweepLocation.parse(sweep)
+    if not loc.exists(SPEC_FILE):
+        raise ConfigError(f"{loc.join(SPEC_FILE)}: not found; is {loc.root} a sweep folder?")
+    return compact(loc, only_terminal=not all_trials)
+
+
+def _exit_code(summary: SweepSummary) -> int:
+    if summary.interrupted:
+        return 130
+    return 1 if summary.none_completed else 0
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    n_trials, n_epochs = compact_sweep(args.sweep, all_trials=args.all)
+    print(f"compacted {args.sweep}: {n_trials} trial row(s), {n_epochs} epoch row(s)")
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     summary = run_sweep(
         args.spec,
@@ -245,7 +275,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         profile=args.profile,
     )
     print(summary.format())
-    return 130 if summary.interrupted else 0
+    return _exit_code(summary)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -257,7 +287,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
     )
     print(summary.format())
-    return 130 if summary.interrupted else 0
+    return _exit_code(summary)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -298,7 +328,12 @@ def add_subparsers(sub: Any) -> None:
     r.add_argument("sweep", help="the sweep folder (<storage>/<name>) or its URI")
     r.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
     r.add_argument("--num-cpus", type=int, help="logical CPUs of the local Ray (default: all)")
-    r.add_argument("--retry-failed", action="store_true", help="also re-run failed trials")
+    r.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also re-run trials that crashed past max_failures (a deterministic failure such as "
+        "a non-finite loss is final)",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress lines")
     r.set_defaults(func=_cmd_resume)
 
@@ -315,3 +350,16 @@ def add_subparsers(sub: Any) -> None:
     )
     e.add_argument("--out", help="output folder (default: <sweep>/exports)")
     e.set_defaults(func=_cmd_export)
+
+    c = sub.add_parser(
+        "compact",
+        help="merge a sweep's live per-trial fragments (results/) into trials.parquet and "
+        "epochs.parquet",
+    )
+    c.add_argument("sweep", help="the sweep folder")
+    c.add_argument(
+        "--all",
+        action="store_true",
+        help="also running trials' fragments (only when no driver runs the sweep)",
+    )
+    c.set_defaults(func=_cmd_compact)

@@ -16,27 +16,42 @@ its JSON string.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
 
-__all__ = ["hparam_value", "write_session_start", "write_session_end", "HPARAMS_SUFFIX"]
+__all__ = [
+    "hparam_value",
+    "write_session_start",
+    "write_session_end",
+    "HPARAMS_SUFFIX",
+    "STATUS_TAG",
+    "STATUS_CODES",
+]
 
 #: event files written here end with this suffix (the trainer's do not)
 HPARAMS_SUFFIX = ".hparams"
 
+#: HParams has four session statuses; a pruned or budget-stopped trial is not a success, so it
+#: gets ``STATUS_UNKNOWN`` and the exact status is the scalar :data:`STATUS_TAG` (codes below)
 _STATUS = {
     "completed": api_pb2.STATUS_SUCCESS,
-    "pruned": api_pb2.STATUS_SUCCESS,
-    "stopped": api_pb2.STATUS_SUCCESS,
+    "pruned": api_pb2.STATUS_UNKNOWN,
+    "stopped": api_pb2.STATUS_UNKNOWN,
     "failed": api_pb2.STATUS_FAILURE,
     "running": api_pb2.STATUS_RUNNING,
 }
+#: scalar written at a session's end: the trial's status as a number (a metric column in HParams)
+STATUS_TAG = "trial/status"
+STATUS_CODES = {"completed": 1.0, "pruned": 2.0, "stopped": 3.0, "failed": 4.0}
 
 
 def hparam_value(v: Any) -> str | bool | int | float:
@@ -53,14 +68,24 @@ def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.S
     )
 
 
-def _write(logdir: Path, summary: summary_pb2.Summary, step: int = 0) -> None:
+def _write(logdir: Path, *summaries: tuple[summary_pb2.Summary, int]) -> None:
+    """Write events ``(summary, step)`` into a new event file of ``logdir``.
+
+    Written directly with TensorBoard's record writer (no writer thread per call): the file is
+    what ``EventFileWriter`` writes, a version event and then the summaries.
+    """
     logdir.mkdir(parents=True, exist_ok=True)
-    w = EventFileWriter(str(logdir), filename_suffix=HPARAMS_SUFFIX)
-    try:
-        w.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+    now = time.time()
+    name = (
+        f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}."
+        f"{uuid.uuid4().hex[:8]}{HPARAMS_SUFFIX}"
+    )
+    with open(logdir / name, "wb") as f:
+        w = RecordWriter(f)
+        w.write(event_pb2.Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+        for summary, step in summaries:
+            w.write(event_pb2.Event(wall_time=now, step=step, summary=summary).SerializeToString())
         w.flush()
-    finally:
-        w.close()
 
 
 def has_session(logdir: Path) -> bool:
@@ -96,28 +121,32 @@ def write_session_start(
             info.hparams[k].number_value = float(v)
         else:
             info.hparams[k].string_value = v
-    _write(
-        logdir,
-        _summary(
-            metadata.SESSION_START_INFO_TAG,
-            plugin_data_pb2.HParamsPluginData(
-                session_start_info=info, version=metadata.PLUGIN_DATA_VERSION
-            ),
-        ),
+    data = plugin_data_pb2.HParamsPluginData(
+        session_start_info=info, version=metadata.PLUGIN_DATA_VERSION
     )
+    _write(logdir, (_summary(metadata.SESSION_START_INFO_TAG, data), 0))
 
 
-def write_session_end(logdir: str | Path, status: str, end_time_s: float | None = None) -> None:
-    """Write a trial's ``session_end_info`` (``completed``/``pruned``/``stopped``/``failed``)."""
+def write_session_end(
+    logdir: str | Path, status: str, end_time_s: float | None = None, step: int = 0
+) -> None:
+    """Write a trial's ``session_end_info`` and its :data:`STATUS_TAG` scalar.
+
+    Args:
+        logdir: the trial's TensorBoard folder.
+        status: ``completed`` (STATUS_SUCCESS), ``failed`` (STATUS_FAILURE), ``pruned`` /
+            ``stopped`` (STATUS_UNKNOWN); the scalar tells them apart (:data:`STATUS_CODES`).
+        end_time_s: UNIX end time (default now).
+        step: the step of the scalar (the trial's last epoch).
+    """
     info = plugin_data_pb2.SessionEndInfo(
         status=_STATUS.get(status, api_pb2.STATUS_UNKNOWN), end_time_secs=end_time_s or time.time()
     )
-    _write(
-        Path(logdir),
-        _summary(
-            metadata.SESSION_END_INFO_TAG,
-            plugin_data_pb2.HParamsPluginData(
-                session_end_info=info, version=metadata.PLUGIN_DATA_VERSION
-            ),
-        ),
+    data = plugin_data_pb2.HParamsPluginData(
+        session_end_info=info, version=metadata.PLUGIN_DATA_VERSION
     )
+    events = [(_summary(metadata.SESSION_END_INFO_TAG, data), 0)]
+    if status in STATUS_CODES:
+        value = summary_pb2.Summary.Value(tag=STATUS_TAG, simple_value=STATUS_CODES[status])
+        events.insert(0, (summary_pb2.Summary(value=[value]), step))
+    _write(Path(logdir), *events)

@@ -14,8 +14,24 @@ The Arrow schema of each table is derived from its dataclass in :func:`schema_fo
 columns from the field annotations, the dict-valued fields expanded into prefixed columns whose
 types come from the search spaces or are float64 for metrics). The schema version and table name
 are stored in the Parquet key-value metadata (``lesionsweep.schema_version``,
-``lesionsweep.table``). Files are written whole, atomically (temp + rename), so a reader or a
-killed driver never sees a torn file. pandas, pyarrow and duckdb read them as they are::
+``lesionsweep.table``).
+
+Live sweeps: append-only per-trial fragments
+--------------------------------------------
+While a sweep runs, each trial's rows live in its own small Parquet file: the driver writes
+``results/trials/<trial_id>.parquet`` (one row) when the trial starts, at most every few seconds
+while it runs, and when it ends; the trial itself writes ``results/epochs/<trial_id>.parquet``
+(all its epochs) after every epoch. When a sweep or resume ends (and on ``lesionsweep compact
+SWEEP``) the fragments of finished trials are merged into ``trials.parquet`` / ``epochs.parquet``
+at the sweep root and deleted. Every file is written whole and atomically (temp + rename), so
+pandas, pyarrow and duckdb read each of them at any moment. The current state of a live sweep is
+:func:`read_table` (root file + fragments, a fragment replacing its trial's rows); in duckdb::
+
+    SELECT * FROM read_parquet(['sweeps/demo/trials.parquet',
+                                'sweeps/demo/results/trials/*.parquet'], union_by_name=true)
+    QUALIFY row_number() OVER (PARTITION BY trial_id ORDER BY updated_at DESC) = 1
+
+(the glob must match a file: after a finished sweep query ``trials.parquet`` alone)::
 
     duckdb.sql("SELECT trial_id, \\"param.optim.lr\\", \\"final.val/auroc_macro\\" "
                "FROM 'sweeps/demo/trials.parquet' ORDER BY 3 DESC")
@@ -30,13 +46,13 @@ import dataclasses
 import io
 import json
 import math
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError
@@ -50,15 +66,23 @@ __all__ = [
     "schema_for",
     "records_to_table",
     "table_to_records",
-    "ResultsStore",
     "read_table",
+    "read_fragments",
+    "read_root",
+    "merge_tables",
+    "fragment_dir",
+    "fragment_path",
+    "to_parquet_bytes",
     "TRIALS_FILE",
     "EPOCHS_FILE",
+    "FRAGMENTS_DIR",
 ]
 
-SCHEMA_VERSION = 1
+#: 2: ``run_dir`` relative to the sweep root, ``checkpoint_bytes``
+SCHEMA_VERSION = 2
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
+FRAGMENTS_DIR = "results"
 STATUSES = ("pending", "running", "completed", "pruned", "stopped", "failed")
 _META_VERSION = b"lesionsweep.schema_version"
 _META_TABLE = b"lesionsweep.table"
@@ -83,7 +107,9 @@ class TrialRecord:
         objective: final value of the first objective metric (None before any report).
         wall_time_s: seconds from the trial's first report to its last (Ray's ``time_total_s``).
         workers, cpus_per_worker, gpus_per_worker: the trial's resources.
-        run_dir: folder with the trial's checkpoints and TensorBoard events.
+        run_dir: folder with the trial's checkpoints and TensorBoard events, relative to the
+            sweep root (``runs/<trial_id>``; empty for an object-store sweep).
+        checkpoint_bytes: size of the run folder's ``checkpoints/`` when the trial ended.
         error: why the trial failed (first line of the exception), else None.
         config_json: the complete resolved run config (``RunConfig.to_dict`` as JSON).
         started_at, updated_at: UTC timestamps.
@@ -104,6 +130,7 @@ class TrialRecord:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     run_dir: str = ""
+    checkpoint_bytes: int | None = None
     error: str | None = None
     config_json: str = "{}"
     started_at: datetime | None = None
@@ -288,102 +315,101 @@ def table_to_records(table: pa.Table, cls: type) -> list[Any]:
     return out
 
 
-def _to_parquet_bytes(table: pa.Table) -> bytes:
+def to_parquet_bytes(table: pa.Table) -> bytes:
+    """A table as Parquet bytes (zstd), for an atomic :meth:`SweepLocation.write_bytes`."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
 
 
-def read_table(location: SweepLocation, name: str = TRIALS_FILE) -> pa.Table:
-    """Read one of the sweep's tables, checking its schema version.
-
-    Raises:
-        ConfigError: missing file, or a schema version this code does not read.
-    """
-    if not location.exists(name):
-        raise ConfigError(f"{location.join(name)}: not found (is {location.root} a sweep folder?)")
-    table = pq.read_table(io.BytesIO(location.read_bytes(name)))
+def _read_checked(location: SweepLocation, rel: str) -> pa.Table:
+    table = pq.ParquetFile(io.BytesIO(location.read_bytes(rel))).read()
     meta = table.schema.metadata or {}
     version = int(meta.get(_META_VERSION, b"0"))
     if version != SCHEMA_VERSION:
         raise ConfigError(
-            f"{location.join(name)}: results schema version {version}, this lesionsweep reads "
+            f"{location.join(rel)}: results schema version {version}, this lesionsweep reads "
             f"version {SCHEMA_VERSION}"
         )
     return table
 
 
-class ResultsStore:
-    """The sweep's two tables, kept in memory and rewritten atomically on :meth:`flush`.
+def read_root(location: SweepLocation, name: str) -> pa.Table | None:
+    """The root file of a table alone (None if there is none yet), schema version checked."""
+    return _read_checked(location, name) if location.exists(name) else None
 
-    Rows are keyed (trials by ``trial_id``, epochs by ``(trial_id, epoch)``), so re-reported
-    epochs after a resume replace their row instead of duplicating it.
 
-    Args:
-        location: the sweep folder.
-        sweep: sweep name (stored in the metadata).
-        param_types: parameter key → column type (:meth:`SpaceSet.column_types`).
-        min_interval_s: :meth:`flush` without ``force`` writes at most this often.
+def fragment_dir(name: str) -> str:
+    """The folder (relative to the sweep root) of a table's live fragments."""
+    return f"{FRAGMENTS_DIR}/{name.removesuffix('.parquet')}"
+
+
+def fragment_path(name: str, trial_id: str) -> str:
+    """A trial's fragment of a table (relative to the sweep root)."""
+    return f"{fragment_dir(name)}/{trial_id}.parquet"
+
+
+def read_fragments(
+    location: SweepLocation, name: str, rels: list[str] | None = None
+) -> list[pa.Table]:
+    """Live fragments of a table (all, or the files ``rels``), a few tables of many rows.
+
+    A fragment replaced or compacted away meanwhile is skipped: its rows are then in the newer
+    fragment or in the root file. Every 256 files are concatenated into one contiguous table,
+    so memory is the rows' size, not thousands of tiny tables' buffers.
     """
+    out: list[pa.Table] = []
+    group: list[pa.Table] = []
+    for rel in location.list(fragment_dir(name), suffix=".parquet") if rels is None else rels:
+        try:
+            group.append(_read_checked(location, rel))
+        except (FileNotFoundError, OSError):
+            continue
+        if len(group) >= 256:
+            out.append(pa.concat_tables(group, promote_options="permissive").combine_chunks())
+            group = []
+    if group:
+        out.append(pa.concat_tables(group, promote_options="permissive").combine_chunks())
+    return out
 
-    def __init__(
-        self,
-        location: SweepLocation,
-        sweep: str,
-        param_types: Mapping[str, str],
-        min_interval_s: float = 1.0,
-    ) -> None:
-        self.location = location
-        self.sweep = sweep
-        self.param_types = dict(param_types)
-        self.min_interval_s = min_interval_s
-        self.trials: dict[str, TrialRecord] = {}
-        self.epochs: dict[tuple[str, int], EpochRecord] = {}
-        self._dirty = False
-        self._last_flush = 0.0
 
-    def load(self) -> ResultsStore:
-        """Read existing tables (a resumed sweep)."""
-        if self.location.exists(TRIALS_FILE):
-            for r in table_to_records(read_table(self.location, TRIALS_FILE), TrialRecord):
-                self.trials[r.trial_id] = r
-        if self.location.exists(EPOCHS_FILE):
-            for e in table_to_records(read_table(self.location, EPOCHS_FILE), EpochRecord):
-                self.epochs[(e.trial_id, e.epoch)] = e
-        return self
+def merge_tables(root: pa.Table | None, fragments: list[pa.Table]) -> pa.Table:
+    """Root rows whose trial has a fragment are replaced by the fragment's rows.
 
-    def upsert_trial(self, rec: TrialRecord) -> None:
-        self.trials[rec.trial_id] = rec
-        self._dirty = True
+    Columns are the union (missing ones null); rows sorted by trial id (and epoch).
+    """
+    if not fragments:
+        assert root is not None
+        return root
+    meta = (root if root is not None else fragments[0]).schema.metadata
+    ids = pa.concat_arrays([f.column("trial_id").combine_chunks() for f in fragments])
+    parts = list(fragments)
+    if root is not None and root.num_rows:
+        parts.insert(0, root.filter(pc.invert(pc.is_in(root.column("trial_id"), value_set=ids))))
+    t = pa.concat_tables(parts, promote_options="permissive")
+    keys = [("trial_id", "ascending")]
+    if "epoch" in t.column_names:
+        keys.append(("epoch", "ascending"))
+    return t.sort_by(keys).replace_schema_metadata(meta)
 
-    def add_epoch(self, rec: EpochRecord) -> None:
-        self.epochs[(rec.trial_id, rec.epoch)] = rec
-        self._dirty = True
 
-    def epochs_of(self, trial_id: str) -> list[EpochRecord]:
-        return sorted(
-            (e for (t, _), e in self.epochs.items() if t == trial_id), key=lambda e: e.epoch
-        )
+def read_table(location: SweepLocation, name: str = TRIALS_FILE) -> pa.Table:
+    """Read one of the sweep's tables as of now, checking its schema version.
 
-    def trials_table(self) -> pa.Table:
-        rows = sorted(self.trials.values(), key=lambda r: r.trial_id)
-        return records_to_table(rows, TrialRecord, self.param_types, self.sweep)
+    During a sweep the rows of trials touched since the last compaction live in per-trial
+    fragments (``results/<table>/<trial_id>.parquet``); this returns the root file's rows merged
+    with them (a fragment replaces its trial's rows). After a sweep or ``lesionsweep compact``
+    the root file alone is complete. Fragments are read before the root file, so a compaction
+    running meanwhile never hides a row.
 
-    def epochs_table(self) -> pa.Table:
-        rows = sorted(self.epochs.values(), key=lambda e: (e.trial_id, e.epoch))
-        return records_to_table(rows, EpochRecord, None, self.sweep)
-
-    def flush(self, force: bool = False) -> bool:
-        """Write both tables if something changed (and ``min_interval_s`` passed, unless
-        ``force``). Returns whether it wrote."""
-        now = time.monotonic()
-        if not self._dirty or (not force and now - self._last_flush < self.min_interval_s):
-            return False
-        self.location.write_bytes(EPOCHS_FILE, _to_parquet_bytes(self.epochs_table()))
-        self.location.write_bytes(TRIALS_FILE, _to_parquet_bytes(self.trials_table()))
-        self._dirty = False
-        self._last_flush = now
-        return True
+    Raises:
+        ConfigError: no table at all, or a schema version this code does not read.
+    """
+    fragments = read_fragments(location, name)
+    root = _read_checked(location, name) if location.exists(name) else None
+    if root is None and not fragments:
+        raise ConfigError(f"{location.join(name)}: not found (is {location.root} a sweep folder?)")
+    return merge_tables(root, fragments)
 
 
 def finite_metrics(metrics: Mapping[str, Any], skip: Iterable[str] = ()) -> dict[str, float]:

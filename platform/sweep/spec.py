@@ -16,7 +16,10 @@ Example (every key optional except what differs from the defaults)::
     objective: {metric: val/auroc_macro, mode: max}
     # multi-objective: {metrics: [val/auroc_macro, val/pxap], modes: [max, max]}
     searcher: tpe                   # tpe | random | grid | cmaes | gp | nsga2 | qmc, or
-                                    # {name: tpe, n_startup_trials: 5} (sampler options)
+                                    # {name: tpe, n_startup_trials: 5} (sampler options;
+                                    # tpe also max_history: 500, the finished trials it models)
+                                    # storage: an Optuna RDB URL for the study (default: the
+                                    # journal file <sweep>/optuna.journal)
     early_stopping: {scheduler: asha, metric: val/auroc_macro, mode: max,
                      grace_period: 1, reduction_factor: 2}    # or `none`
     budget: {trials: 16, time_s: 3600}
@@ -24,7 +27,8 @@ Example (every key optional except what differs from the defaults)::
     concurrency: 4                  # trials running at once
     seed: 0                         # sampler seed and every trial's train.seed
     storage: sweeps                 # local folder, shared filesystem, or s3://... URI
-    max_failures: 0                 # retries of a crashed trial (a failing config is not retried)
+    max_failures: 2                 # retries of a trial whose worker/node died (it continues from
+                                    # its last checkpoint); a failing config is not retried
     data_cache: sweep               # sweep | none | a folder: where the data is cached once
                                     # for all trials (see lesionsweep.sweep.datacache)
 
@@ -231,7 +235,7 @@ class SweepSpec:
     concurrency: int = 1
     seed: int = 0
     storage: str = "sweeps"
-    max_failures: int = 0
+    max_failures: int = 2
     data_cache: str = "sweep"
     source: str = "<spec>"
     #: data-config key -> cache folder, set by ``prepare_sweep_data`` before the first trial
@@ -537,7 +541,7 @@ def spec_from_dict(
         )
     concurrency = _int(raw.get("concurrency", 1), f"{source}: concurrency", 1)
     seed = _int(raw.get("seed", 0), f"{source}: seed", 0)
-    max_failures = _int(raw.get("max_failures", 0), f"{source}: max_failures", 0)
+    max_failures = _int(raw.get("max_failures", 2), f"{source}: max_failures", 0)
     data_cache = check_data_cache(raw.get("data_cache", "sweep"), f"{source}: data_cache")
     storage = raw.get("storage", "sweeps")
     if not isinstance(storage, str) or not storage:

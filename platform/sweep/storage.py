@@ -95,11 +95,12 @@ class SweepLocation:
         with fs.open_input_stream(p) as f:
             return f.read()
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write atomically (temp + rename/move)."""
+    def write_bytes(self, rel: str, data: bytes, durable: bool = True) -> None:
+        """Write atomically (temp + rename/move); ``durable=False`` skips the fsync of a local
+        file (still atomic: never torn for a reader or after a process dies)."""
         target = self.join(rel)
         if self.is_local:
-            atomic_write_bytes(Path(target), data)
+            atomic_write_bytes(Path(target), data, fsync=durable)
             return
         fs, p = self._fs(target)
         parent = posixpath.dirname(p)
@@ -108,6 +109,29 @@ class SweepLocation:
         with fs.open_output_stream(tmp) as f:
             f.write(data)
         fs.move(tmp, p)
+
+    def list(self, rel: str, suffix: str = "") -> list[str]:
+        """Files directly in the folder ``rel`` (paths relative to the root, sorted; [] if the
+        folder does not exist). Temp files of atomic writes (``.*``) are skipped."""
+        fs, p = self._fs(self.join(rel))
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        names = sorted(
+            posixpath.basename(i.path)
+            for i in infos
+            if i.type == pafs.FileType.File and i.path.endswith(suffix)
+        )
+        return [f"{rel}/{n}" for n in names if not n.startswith(".")]
+
+    def delete(self, rel: str) -> None:
+        """Remove a file (no error if it is already gone)."""
+        fs, p = self._fs(self.join(rel))
+        try:
+            fs.delete_file(p)
+        except FileNotFoundError:
+            pass
 
     def makedirs(self) -> None:
         if self.is_local:

@@ -20,18 +20,39 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4f}"
 
 
+def _clock(seconds: float) -> str:
+    s = int(max(0.0, seconds))
+    return (
+        f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+        if s >= 3600
+        else f"{s // 60:02d}:{s % 60:02d}"
+    )
+
+
 class ProgressPrinter:
-    """One line per trial event, prefixed with the elapsed time and the sweep's counts.
+    """One line per trial event: elapsed time, counts, ETA; plus a compact running-trials view.
+
+    The ETA is the time per finished trial in this run times the trials left (``-`` before the
+    first one finishes). Every ``view_every_s`` seconds (at an epoch event) one more line lists
+    the running trials as ``<trial id> e<epoch>/<epochs> <metric>``.
 
     Args:
         total: the trial budget.
         metric: the metric shown (the first objective metric).
         mode: ``max`` or ``min`` (for the running best).
         stream: where to print (default stderr); ``None`` prints nothing.
+        done_before: trials already finished when this run started (a resume).
+        view_every_s: seconds between two running-trials views.
     """
 
     def __init__(
-        self, total: int, metric: str, mode: str, stream: TextIO | None = sys.stderr
+        self,
+        total: int,
+        metric: str,
+        mode: str,
+        stream: TextIO | None = sys.stderr,
+        done_before: int = 0,
+        view_every_s: float = 30.0,
     ) -> None:
         self.total = total
         self.metric = metric
@@ -39,19 +60,45 @@ class ProgressPrinter:
         self.stream = stream
         self.t0 = time.monotonic()
         self.best: tuple[float, str] | None = None
+        self.done_before = done_before
+        self.view_every_s = view_every_s
+        self._last_view = self.t0
+        self.running: dict[str, tuple[int, int | None, float | None]] = {}
+
+    def eta_s(self, done: int) -> float | None:
+        """Seconds left at this run's pace (None before a trial of this run finished)."""
+        finished_here = done - self.done_before
+        if finished_here <= 0 or done >= self.total:
+            return None if done < self.total else 0.0
+        return (time.monotonic() - self.t0) / finished_here * (self.total - done)
 
     def _emit(self, text: str, counts: Mapping[str, int]) -> None:
         if self.stream is None:
             return
         done = sum(counts.get(s, 0) for s in ("completed", "pruned", "stopped", "failed"))
         el = time.monotonic() - self.t0
+        eta = self.eta_s(done)
         best = f"best {self.metric} {_fmt(self.best[0])} ({self.best[1]})" if self.best else ""
         print(
-            f"[{int(el) // 60:02d}:{int(el) % 60:02d}] {done}/{self.total} done, "
-            f"{counts.get('running', 0)} running | {text}" + (f" | {best}" if best else ""),
+            f"[{_clock(el)} eta {_clock(eta) if eta is not None else '-'}] {done}/{self.total} "
+            f"done, {counts.get('running', 0)} running | {text}" + (f" | {best}" if best else ""),
             file=self.stream,
             flush=True,
         )
+
+    def view(self) -> str:
+        """The running trials, compactly: ``id e<epoch>/<total> <metric>`` each."""
+        parts = [
+            f"{tid} e{ep}/{tot if tot else '?'} {_fmt(v)}"
+            for tid, (ep, tot, v) in sorted(self.running.items())
+        ]
+        return "running: " + (" | ".join(parts) if parts else "none")
+
+    def _maybe_view(self) -> None:
+        now = time.monotonic()
+        if self.stream is not None and now - self._last_view >= self.view_every_s:
+            self._last_view = now
+            print(self.view(), file=self.stream, flush=True)
 
     def _update_best(self, rec: TrialRecord) -> None:
         v = rec.final.get(self.metric)
@@ -62,18 +109,22 @@ class ProgressPrinter:
             self.best = (v, rec.trial_id)
 
     def started(self, rec: TrialRecord, counts: Mapping[str, int]) -> None:
+        self.running[rec.trial_id] = (rec.epochs_run, None, None)
         shown = ", ".join(f"{k}={_short(v)}" for k, v in rec.params.items())
         self._emit(f"{rec.trial_id} started [{rec.space}/{rec.method}] {shown}", counts)
 
     def epoch(self, rec: TrialRecord, total_epochs: int | None, counts: Mapping[str, int]) -> None:
+        self.running[rec.trial_id] = (rec.epochs_run, total_epochs, rec.final.get(self.metric))
         of = f"/{total_epochs}" if total_epochs else ""
         self._emit(
             f"{rec.trial_id} epoch {rec.epochs_run}{of} {self.metric} "
             f"{_fmt(rec.final.get(self.metric))}",
             counts,
         )
+        self._maybe_view()
 
     def finished(self, rec: TrialRecord, counts: Mapping[str, int]) -> None:
+        self.running.pop(rec.trial_id, None)
         self._update_best(rec)
         extra = f": {rec.error}" if rec.error else ""
         self._emit(
@@ -118,6 +169,7 @@ class SweepSummary:
         exported: exported config files (best overall and per method, or the Pareto front).
         wall_time_s: wall time of this run of the driver.
         interrupted: the driver stopped before the budget was used (Ctrl-C); resume it.
+        failures: distinct failure reasons → number of failed trials with that reason.
     """
 
     name: str
@@ -129,6 +181,12 @@ class SweepSummary:
     exported: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
     interrupted: bool = False
+    failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def none_completed(self) -> bool:
+        """No trial completed (the CLI exits non-zero)."""
+        return not self.counts.get("completed") and not self.interrupted
 
     @property
     def trials_path(self) -> str:
@@ -159,6 +217,10 @@ class SweepSummary:
                 lines.append(f"  {b.method:<16} {b.trial_id:<14} {vals}{note}")
         else:
             lines.append("no completed trial yet")
+        if self.failures:
+            lines.append(f"failed trials by reason ({len(self.failures)} distinct):")
+            for reason, n in sorted(self.failures.items(), key=lambda kv: -kv[1]):
+                lines.append(f"  {n:>4} x {reason}")
         lines.append(f"results:     {self.trials_path} (one row per trial)")
         lines.append(f"             {self.epochs_path} (one row per trial and epoch)")
         lines.append(f"logs:        tensorboard --logdir {self.folder}")
@@ -179,8 +241,12 @@ def summarize(
 ) -> SweepSummary:
     """Build the summary from the trial records."""
     counts: dict[str, int] = {}
+    failures: dict[str, int] = {}
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
+        if r.status == "failed":
+            reason = (r.error or "unknown").splitlines()[0][:300]
+            failures[reason] = failures.get(reason, 0) + 1
     best: dict[str, TrialRecord] = {}
     m0, mode0 = metrics[0], modes[0]
 
@@ -210,7 +276,7 @@ def summarize(
                 method=m,
                 trial_id=r.trial_id,
                 values={k: r.final.get(k, float("nan")) for k in metrics},
-                run_dir=r.run_dir,
+                run_dir=f"{folder.rstrip('/')}/{r.run_dir}" if r.run_dir else "",
                 params=dict(r.params),
                 status=r.status,
                 epochs_run=r.epochs_run,
@@ -222,4 +288,5 @@ def summarize(
         exported=list(exported),
         wall_time_s=wall_time_s,
         interrupted=interrupted,
+        failures=failures,
     )

@@ -22,14 +22,23 @@ SPACES = SpaceSet(
 )
 
 
-def _searcher(cls: type, root: str) -> OptunaSearch:
+def _ctx(tmp_path: Path, name: str = "sw") -> backend.SweepContext:
+    spec = load_spec(None, {"storage": str(tmp_path), "name": name})
+    return backend.SweepContext(spec=spec, root=str(tmp_path / name), progress=False)
+
+
+def _searcher(cls: type, ctx: backend.SweepContext) -> OptunaSearch:
     kw = dict(
         space=backend.DefineByRun(SPACES),
         metric="m",
         mode="max",
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
-    return cls(root, **kw) if cls is backend.SweepSearcher else cls(**kw)
+    return cls(ctx, **kw) if cls is backend.SweepSearcher else cls(**kw)
+
+
+def _asha(ctx: backend.SweepContext, max_t: int = 4) -> backend.PersistentASHA:
+    return backend.PersistentASHA(ctx, "m", "max", max_t=max_t, grace_period=1, reduction_factor=2)
 
 
 def _drive(
@@ -57,31 +66,78 @@ def _states(searcher: OptunaSearch) -> list[str]:
 
 
 def test_asha_stopped_trials_reach_optuna_as_pruned(tmp_path: Path) -> None:
-    root = str(tmp_path / "a")
-    backend.pruned_trials(root).clear()
-    ours = _searcher(backend.SweepSearcher, root)
-    sched = backend.PersistentASHA(root, "m", "max", max_t=4, grace_period=1, reduction_factor=2)
+    ctx = _ctx(tmp_path, "a")
+    ours = _searcher(backend.SweepSearcher, ctx)
+    sched = _asha(ctx)
     assert _drive(ours, sched, "t1", [0.9, 0.9, 0.9, 0.9]) == "finished"
     assert _drive(ours, sched, "t2", [0.1, 0.1]) == "stopped"
-    assert backend.pruned_trials(root) == {"t2"}
+    assert ctx.pruned == {"t2"}
     assert _states(ours) == ["COMPLETE", "PRUNED"]
     pruned = ours._ot_study.trials[1]
     assert pruned.intermediate_values == {1: 0.1}  # the stopping result reached Optuna too
     # stock OptunaSearch records the same stopped trial as COMPLETE with its partial score
-    root2 = str(tmp_path / "b")
-    stock = _searcher(OptunaSearch, root2)
-    sched2 = backend.PersistentASHA(root2, "m", "max", max_t=4, grace_period=1, reduction_factor=2)
+    ctx2 = _ctx(tmp_path, "b")
+    stock = _searcher(OptunaSearch, ctx2)
+    sched2 = _asha(ctx2)
     _drive(stock, sched2, "t1", [0.9, 0.9, 0.9, 0.9])
     _drive(stock, sched2, "t2", [0.1, 0.1])
     assert _states(stock) == ["COMPLETE", "COMPLETE"]
     assert stock._ot_study.trials[1].value == 0.1
 
 
+def test_study_is_durable_and_a_resume_settles_lost_trials(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    s = _searcher(backend.SweepSearcher, ctx)
+    sched = _asha(ctx)
+    _drive(s, sched, "t1", [0.9, 0.9, 0.9, 0.9])
+    _drive(s, sched, "t2", [0.1, 0.1])
+    s.suggest("t3")  # running when Tune saved its state
+    s.save(str(tmp_path / "searcher.pkl"))
+    s.suggest("t4")  # asked after the last save: lost with the killed driver
+    journal = tmp_path / "sw" / backend.JOURNAL_FILE
+    assert journal.is_file()
+    # what optuna-dashboard opens: a plain JournalStorage on the file
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    study = optuna.load_study(study_name="sw", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "RUNNING", "RUNNING"]
+    # a new driver: fresh pieces bound to the folder, Tune's small searcher state restored
+    ctx2 = _ctx(tmp_path)
+    fresh = _searcher(backend.SweepSearcher, ctx2)
+    fresh.restore(str(tmp_path / "searcher.pkl"))
+    assert fresh.settle({"t1", "t2", "t3"}) == 1
+    assert [t.state.name for t in fresh.study().trials] == ["COMPLETE", "PRUNED", "RUNNING", "FAIL"]
+    fresh.on_trial_result("t3", {"m": 0.5, "epoch": 1})
+    fresh.on_trial_complete("t3", result={"m": 0.5, "epoch": 4})
+    fresh.suggest("t5")
+    fresh.on_trial_complete("t5", result={"epoch": 0, "trial_error": "TrainingError: nan"})
+    states = [t.state.name for t in optuna.load_study(study_name="sw", storage=storage).trials]
+    assert states == ["COMPLETE", "PRUNED", "COMPLETE", "FAIL", "FAIL"]
+
+
+def test_recent_tpe_models_a_bounded_history(tmp_path: Path) -> None:
+    def study_with(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+        st = optuna.create_study(direction="maximize", sampler=sampler)
+        st.optimize(lambda t: -((t.suggest_float("x", -5, 5) - 1) ** 2), n_trials=40)
+        return st
+
+    # up to max_history finished trials it is exactly Optuna's TPE
+    a = study_with(backend.RecentTPESampler(seed=3, max_history=100, n_startup_trials=5))
+    b = study_with(optuna.samplers.TPESampler(seed=3, n_startup_trials=5))
+    assert [t.params for t in a.trials] == [t.params for t in b.trials]
+    # beyond it: the view holds the last k plus the best ever
+    view = backend.RecentTPESampler(max_history=10, n_best=3)._view(a)
+    seen = view._get_trials(deepcopy=False, states=None)
+    best3 = sorted(a.trials[:-10], key=lambda t: -t.value)[:3]
+    assert len(seen) == 13 and {t.number for t in best3} <= {t.number for t in seen}
+    assert [t.number for t in seen][-10:] == list(range(30, 40))
+
+
 def test_trial_reaching_its_last_epoch_is_not_pruned(tmp_path: Path) -> None:
-    root = str(tmp_path)
-    backend.pruned_trials(root).clear()
-    s = _searcher(backend.SweepSearcher, root)
-    sched = backend.PersistentASHA(root, "m", "max", max_t=2, grace_period=1, reduction_factor=2)
+    ctx = _ctx(tmp_path)
+    s = _searcher(backend.SweepSearcher, ctx)
+    sched = _asha(ctx, max_t=2)
     _drive(s, sched, "t1", [0.9, 0.9])
     # t2 is worse at the final rung (epoch 2 == its last epoch): finished, not pruned
     trial = Trial("x", trial_id="t2", config={}, stub=True)
@@ -89,23 +145,22 @@ def test_trial_reaching_its_last_epoch_is_not_pruned(tmp_path: Path) -> None:
     sched.on_trial_add(None, trial)
     sched.on_trial_result(None, trial, {"m": 0.95, "epoch": 1, "epochs_total": 2})
     sched.on_trial_result(None, trial, {"m": 0.1, "epoch": 2, "epochs_total": 2})
-    assert "t2" not in backend.pruned_trials(root)
+    assert "t2" not in ctx.pruned
 
 
 def test_rungs_and_pruned_trials_survive_a_restore(tmp_path: Path) -> None:
-    root = str(tmp_path)
-    backend.pruned_trials(root).clear()
-    s = _searcher(backend.SweepSearcher, root)
-    sched = backend.PersistentASHA(root, "m", "max", max_t=4, grace_period=1, reduction_factor=2)
+    ctx = _ctx(tmp_path)
+    s = _searcher(backend.SweepSearcher, ctx)
+    sched = _asha(ctx)
     _drive(s, sched, "t1", [0.9, 0.9, 0.9, 0.9])
     _drive(s, sched, "t2", [0.1])
-    assert (tmp_path / backend.ASHA_STATE_FILE).is_file()
-    # a new driver process: empty ledger, a fresh scheduler (as Tuner.restore unpickles it)
-    backend._PRUNED.clear()
-    fresh = backend.PersistentASHA(root, "m", "max", max_t=4, grace_period=1, reduction_factor=2)
+    assert (tmp_path / "sw" / backend.ASHA_STATE_FILE).is_file()
+    # a new driver process: a new context, a fresh scheduler
+    ctx2 = _ctx(tmp_path)
+    fresh = _asha(ctx2)
     t3 = Trial("x", trial_id="t3", config={}, stub=True)
     fresh.on_trial_add(None, t3)
-    assert backend.pruned_trials(root) == {"t2"}
+    assert ctx2.pruned == {"t2"}
     # rung at epoch 1 holds {t1: 0.9, t2: 0.1}: cutoff 0.5
     assert fresh.on_trial_result(None, t3, {"m": 0.4, "epoch": 1, "epochs_total": 4}) == "STOP"
     # a pruned trial resumed after the restore is stopped again at its first result
@@ -113,7 +168,7 @@ def test_rungs_and_pruned_trials_survive_a_restore(tmp_path: Path) -> None:
     fresh.on_trial_add(None, t2)
     assert fresh.on_trial_result(None, t2, {"m": 0.99, "epoch": 2, "epochs_total": 4}) == "STOP"
     # without the persisted rungs the same result would continue
-    empty = backend.PersistentASHA(str(tmp_path / "new"), "m", "max", max_t=4)
+    empty = _asha(_ctx(tmp_path, "new"))
     empty.on_trial_add(None, t3)
     assert empty.on_trial_result(None, t3, {"m": 0.4, "epoch": 1, "epochs_total": 4}) == "CONTINUE"
 
@@ -146,3 +201,25 @@ def test_sampler_option_errors(tmp_path: Path) -> None:
         )
         with pytest.raises(ConfigError, match="pip install cmaes"):
             backend.build_sampler(spec)
+
+
+def test_rdb_storage_from_the_spec(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = load_spec(
+        None, {"storage": str(tmp_path), "name": "db", "searcher": {"name": "tpe", "storage": url}}
+    )
+    ctx = backend.SweepContext(spec=spec, root=str(tmp_path / "db"), progress=False)
+    s = backend.SweepSearcher(
+        ctx, space=backend.DefineByRun(SPACES), metric="m", mode="max",
+        sampler=backend.build_sampler(spec),
+    )  # fmt: skip
+    s.suggest("t1")
+    s.on_trial_complete("t1", result={"m": 0.5, "epoch": 1})
+    assert not (tmp_path / "db" / backend.JOURNAL_FILE).exists()
+    study = optuna.load_study(study_name="db", storage=url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    bad = load_spec(
+        None, {"storage": str(tmp_path), "searcher": {"name": "tpe", "storage": "nope://x"}}
+    )
+    with pytest.raises(ConfigError, match="searcher.storage"):
+        backend.build_storage(bad, str(tmp_path / "x"))

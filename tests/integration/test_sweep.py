@@ -24,7 +24,8 @@ from lesionsweep.config import load_config
 from lesionsweep.errors import ConfigError
 from lesionsweep.sweep import backend
 from lesionsweep.sweep.commands import resume_sweep, run_sweep
-from lesionsweep.sweep.results import SCHEMA_VERSION
+from lesionsweep.sweep.results import SCHEMA_VERSION, read_table
+from lesionsweep.sweep.storage import SweepLocation
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -90,6 +91,16 @@ def ray_session() -> Any:
         ray.shutdown()
 
 
+def _study(root: Path) -> Any:
+    """The sweep's Optuna study, opened from its journal file as optuna-dashboard would."""
+    import optuna
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(root / backend.JOURNAL_FILE))
+    )
+    return optuna.load_study(study_name=root.name, storage=storage)
+
+
 def _hparams_events(logdir: Path) -> dict[str, Any]:
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.plugins.hparams import metadata
@@ -104,6 +115,10 @@ def _hparams_events(logdir: Path) -> dict[str, Any]:
                         out["start"] = metadata.parse_session_start_info_plugin_data(content)
                     elif v.tag == metadata.SESSION_END_INFO_TAG:
                         out["end"] = metadata.parse_session_end_info_plugin_data(content)
+                elif v.tag == "trial/status":
+                    from tensorboard.util import tensor_util
+
+                    out["status_code"] = float(tensor_util.make_ndarray(v.tensor))
                 elif v.tag == "val/auroc_macro":
                     out.setdefault("scalars", 0)
                     out["scalars"] += 1
@@ -139,13 +154,14 @@ def test_two_trial_sweep_end_to_end(tmp_path: Path, ray_session: Any) -> None:
 
     # TensorBoard: every trial's curves and overlays plus its HParams session, under the sweep
     for _, row in df.iterrows():
-        tb = Path(row["run_dir"]) / "tensorboard"
-        assert tb.is_relative_to(root)
+        assert row["run_dir"] == f"runs/{row['trial_id']}"  # relative to the sweep root
+        tb = root / row["run_dir"] / "tensorboard"
+        assert row["checkpoint_bytes"] > 0
         ev = _hparams_events(tb)
         assert ev["scalars"] == 2
         hp = ev["start"].hparams
         assert hp["method"].string_value == row["method"] and "optim.lr" in hp
-        assert ev["end"].status == 1  # STATUS_SUCCESS
+        assert ev["end"].status == 1 and ev["status_code"] == 1.0  # STATUS_SUCCESS, completed
 
     # export: the best config, retrained outside Ray, reproduces its sweep metric
     best = Path(next(p for p in summary.exported if p.endswith("best.yaml")))
@@ -196,7 +212,7 @@ def test_trial_with_two_cpu_workers_under_ray_train(tmp_path: Path, ray_session:
     assert summary.counts == {"completed": 1}, summary.format()
     df = pd.read_parquet(tmp_path / "ddp" / "trials.parquet")
     assert df.loc[0, "workers"] == 2 and df.loc[0, "cpus_per_worker"] == 0.5
-    run = Path(df.loc[0, "run_dir"])
+    run = tmp_path / "ddp" / df.loc[0, "run_dir"]
     # default checkpoint policy: the weights-only best.pt stays, the resumable last.pt is removed
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt"]
     assert any((tmp_path / "ddp" / "train_runs").glob("train-*"))
@@ -211,7 +227,7 @@ def test_multi_objective_pareto(tmp_path: Path, ray_session: Any) -> None:
     summary = run_sweep(spec, progress=False)
     assert summary.counts == {"completed": 3}
     assert summary.exported and all("pareto_" in p for p in summary.exported)
-    study = backend.optuna_study(str(tmp_path / "mo"))
+    study = _study(tmp_path / "mo")
     assert study is not None and len(study.directions) == 2
     assert len(study.best_trials) == len(summary.exported)
 
@@ -231,7 +247,7 @@ def test_asha_pruned_trials_are_pruned_in_optuna(tmp_path: Path, ray_session: An
         df[df.space == "b"]["epochs_run"]
     ) == {1}
     assert set(df[df.space == "a"]["status"]) == {"completed"}
-    study = backend.optuna_study(str(tmp_path / "asha"))
+    study = _study(tmp_path / "asha")
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
 
@@ -276,10 +292,10 @@ def test_resume_after_killed_driver(tmp_path: Path, ray_session: Any) -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
-            try:
-                t = pd.read_parquet(root / "trials.parquet")
-                e = pd.read_parquet(root / "epochs.parquet")
-            except (FileNotFoundError, OSError, ValueError):
+            try:  # the live tables: root files + per-trial fragments
+                t = read_table(SweepLocation(str(root))).to_pandas()
+                e = read_table(SweepLocation(str(root)), "epochs.parquet").to_pandas()
+            except ConfigError:
                 continue
             running = t[t.status == "running"]
             if (
@@ -321,6 +337,6 @@ def test_resume_after_killed_driver(tmp_path: Path, ray_session: Any) -> None:
         got = sorted(e[e.trial_id == row.trial_id].epoch)
         assert got == list(range(1, row.epochs_run + 1))
     assert t.set_index("trial_id").loc[interrupted, "epochs_run"] == 3
-    assert all(r.startswith(str(moved)) for r in t.run_dir)
+    assert all(r == f"runs/{tid}" for r, tid in zip(t.run_dir, t.trial_id, strict=True))
     log = (root / "runs" / interrupted / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in log] == [1, 2, 3]

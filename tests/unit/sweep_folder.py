@@ -11,9 +11,10 @@ from typing import Any
 
 import yaml
 from lesionsweep.config import RunConfig
-from lesionsweep.sweep.results import EpochRecord, ResultsStore, TrialRecord
+from lesionsweep.sweep.results import EpochRecord, TrialRecord
 from lesionsweep.sweep.spec import spec_from_dict
 from lesionsweep.sweep.storage import SweepLocation
+from lesionsweep.sweep.store import ResultsStore, write_epoch_fragment
 from lesionsweep.training import run_training
 
 SPACE = {
@@ -86,9 +87,9 @@ def real_trial(
 
 
 def write_tables(root: Path, rows: Sequence[tuple[TrialRecord, list[EpochRecord]]]) -> None:
-    store = ResultsStore(SweepLocation.parse(root), root.name, {})
+    loc = SweepLocation.parse(root)
+    store = ResultsStore(loc, root.name, {})
     for rec, eps in rows:
         store.upsert_trial(rec)
-        for e in eps:
-            store.add_epoch(e)
+        write_epoch_fragment(loc, root.name, rec.trial_id, eps)
     store.flush(force=True)

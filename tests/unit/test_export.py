@@ -11,8 +11,9 @@ import yaml
 from lesionsweep.config import config_from_flat, load_config
 from lesionsweep.errors import ConfigError
 from lesionsweep.sweep.export import SPEC_FILE, export_sweep, pareto_front, select_trials
-from lesionsweep.sweep.results import ResultsStore, TrialRecord
+from lesionsweep.sweep.results import TrialRecord
 from lesionsweep.sweep.storage import SweepLocation
+from lesionsweep.sweep.store import ResultsStore
 
 
 def _cfg_json(method: str, lr: float) -> str:
@@ -122,7 +123,6 @@ def test_errors(tmp_path: Path) -> None:
     store = ResultsStore(loc, "sw", {}).load()
     for r in store.trials.values():
         r.status = "pruned"
-    store._dirty = True
     store.flush(force=True)
     with pytest.raises(ConfigError, match=r"no completed trial.*'pruned': 7"):
         export_sweep(root)

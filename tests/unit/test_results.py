@@ -17,14 +17,15 @@ from lesionsweep.sweep.results import (
     SCHEMA_VERSION,
     TRIALS_FILE,
     EpochRecord,
-    ResultsStore,
     TrialRecord,
+    fragment_path,
     read_table,
     records_to_table,
     schema_for,
     table_to_records,
 )
 from lesionsweep.sweep.storage import SweepLocation
+from lesionsweep.sweep.store import ResultsStore, compact, write_epoch_fragment
 
 PARAM_TYPES = {
     "optim.lr": "float64",
@@ -102,53 +103,78 @@ def test_round_trip_and_typed_params() -> None:
 
 
 def test_store_upserts_without_duplicates_and_reads_back(tmp_path: Path) -> None:
-    loc = SweepLocation(str(tmp_path / "sw"))
-    store = ResultsStore(loc, "sw", PARAM_TYPES, min_interval_s=0.0)
+    root = tmp_path / "sw"
+    loc = SweepLocation(str(root))
+    store = ResultsStore(loc, "sw", PARAM_TYPES)
     store.upsert_trial(_trial("a", status="running", epochs_run=1))
+    rows = []
     for ep in (1, 2, 2):  # epoch 2 re-reported after a resume
-        store.add_epoch(
+        rows = [r for r in rows if r.epoch != ep]
+        rows.append(
             EpochRecord("a", "s", "cam", ep, elapsed_s=ep, metrics={"val/auroc_macro": ep / 10})
         )
+        write_epoch_fragment(loc, "sw", "a", rows)
     store.upsert_trial(_trial("a"))
-    assert store.flush(force=True)
-    assert not store.flush(force=True)  # nothing changed
-    assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == [EPOCHS_FILE, TRIALS_FILE]
+    # live: only fragments, read through read_table (and each fragment readable alone)
+    assert not (root / TRIALS_FILE).exists()
+    assert read_table(loc).column("status").to_pylist() == ["completed"]
+    assert read_table(loc, EPOCHS_FILE).column("epoch").to_pylist() == [1, 2]
+    assert len(pd.read_parquet(root / fragment_path(TRIALS_FILE, "a"))) == 1
+    # compaction: root tables only, fragments gone
+    assert compact(loc) == (1, 2)
+    assert sorted(p.name for p in root.iterdir() if p.is_file()) == [EPOCHS_FILE, TRIALS_FILE]
+    assert list((root / "results" / "trials").iterdir()) == []
     again = ResultsStore(loc, "sw", PARAM_TYPES).load()
     assert list(again.trials) == ["a"] and again.trials["a"].status == "completed"
     assert [e.epoch for e in again.epochs_of("a")] == [1, 2]
     # readable without help
-    df = pd.read_parquet(tmp_path / "sw" / TRIALS_FILE)
+    df = pd.read_parquet(root / TRIALS_FILE)
     assert df.loc[0, "param.optim.lr"] == 1e-3 and df["param.train.batch_size"].dtype.kind == "i"
-    n = duckdb.sql(f"SELECT count(*) FROM '{tmp_path / 'sw' / EPOCHS_FILE}' WHERE epoch = 2")
+    n = duckdb.sql(f"SELECT count(*) FROM '{root / EPOCHS_FILE}' WHERE epoch = 2")
     assert n.fetchall() == [(1,)]
     best = duckdb.sql(
-        f"SELECT trial_id, \"final.val/auroc_macro\" FROM '{tmp_path / 'sw' / TRIALS_FILE}'"
+        f"SELECT trial_id, \"final.val/auroc_macro\" FROM '{root / TRIALS_FILE}'"
     ).fetchall()
     assert best == [("a", 0.7)]
-    assert pq.read_schema(tmp_path / "sw" / TRIALS_FILE).metadata[b"lesionsweep.table"] == b"trials"
+    assert pq.read_schema(root / TRIALS_FILE).metadata[b"lesionsweep.table"] == b"trials"
 
 
-def test_flush_is_throttled_unless_forced(tmp_path: Path) -> None:
-    store = ResultsStore(SweepLocation(str(tmp_path)), "sw", {}, min_interval_s=3600)
+def test_fragments_replace_root_rows_and_compaction_keeps_running_trials(tmp_path: Path) -> None:
+    loc = SweepLocation(str(tmp_path))
+    store = ResultsStore(loc, "sw", PARAM_TYPES)
     store.upsert_trial(_trial("a"))
-    assert store.flush(force=True)
-    store.upsert_trial(_trial("b"))
-    assert not store.flush()  # within the interval
-    assert store.flush(force=True)
-    assert len(read_table(SweepLocation(str(tmp_path)))) == 2
+    store.upsert_trial(_trial("b", status="running"))
+    ep = [EpochRecord("a", "s", "cam", 1, metrics={"val/x": 1.0})]
+    write_epoch_fragment(loc, "sw", "a", ep)
+    write_epoch_fragment(loc, "sw", "b", [EpochRecord("b", "s", "cam", 1, metrics={"val/y": 2.0})])
+    assert compact(loc, only_terminal=True) == (1, 1)  # b is running: its fragments stay
+    assert (tmp_path / fragment_path(TRIALS_FILE, "b")).is_file()
+    store.upsert_trial(_trial("b", objective=0.9))  # b ends
+    t = read_table(loc)
+    assert t.column("trial_id").to_pylist() == ["a", "b"]
+    assert t.column("status").to_pylist() == ["completed", "completed"]
+    assert t.column("objective").to_pylist() == [0.7, 0.9]
+    e = read_table(loc, EPOCHS_FILE)  # union of columns, no duplicate
+    assert e.column("trial_id").to_pylist() == ["a", "b"] and {"val/x", "val/y"} <= set(
+        e.column_names
+    )
+    compact(loc, only_terminal=True)
+    assert pd.read_parquet(tmp_path / EPOCHS_FILE)["val/y"].tolist()[1] == 2.0
+    store.drop_trial("a")
+    assert read_table(loc).column("trial_id").to_pylist() == ["b"]
+    assert read_table(loc, EPOCHS_FILE).column("trial_id").to_pylist() == ["b"]
 
 
 def test_failed_write_leaves_the_old_file_intact(tmp_path: Path) -> None:
     loc = SweepLocation(str(tmp_path))
-    store = ResultsStore(loc, "sw", PARAM_TYPES, min_interval_s=0)
+    store = ResultsStore(loc, "sw", PARAM_TYPES)
     store.upsert_trial(_trial("a"))
-    store.flush(force=True)
-    before = (tmp_path / TRIALS_FILE).read_bytes()
-    store.upsert_trial(_trial("b", params={"train.batch_size": "not an int"}))
+    path = tmp_path / fragment_path(TRIALS_FILE, "a")
+    before = path.read_bytes()
     with pytest.raises(ValueError):
-        store.flush(force=True)
-    assert (tmp_path / TRIALS_FILE).read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+        store.upsert_trial(_trial("a", params={"train.batch_size": "not an int"}))
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_schema_version_is_checked(tmp_path: Path) -> None:
@@ -165,3 +191,22 @@ def test_schema_version_is_checked(tmp_path: Path) -> None:
 def test_nan_metrics_stay_nan() -> None:
     t = records_to_table([_trial("a", final={"val/loss": float("nan")})], TrialRecord, {}, "sw")
     assert math.isnan(t.column("final.val/loss")[0].as_py())
+
+
+def test_compact_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lesionsweep.cli import main
+
+    root = tmp_path / "sw"
+    loc = SweepLocation(str(root))
+    store = ResultsStore(loc, "sw", PARAM_TYPES)
+    store.upsert_trial(_trial("a"))
+    store.upsert_trial(_trial("b", status="running"))
+    write_epoch_fragment(loc, "sw", "a", [EpochRecord("a", "s", "cam", 1, metrics={"v/x": 1.0})])
+    assert main(["compact", str(root)]) == 2  # not a sweep folder (no sweep.yaml)
+    (root / "sweep.yaml").write_text("name: sw\n")
+    assert main(["compact", str(root)]) == 0
+    assert "1 trial row(s), 1 epoch row(s)" in capsys.readouterr().out
+    assert pd.read_parquet(root / TRIALS_FILE).trial_id.tolist() == ["a"]
+    assert read_table(loc).column("trial_id").to_pylist() == ["a", "b"]  # b: still a fragment
+    assert main(["compact", str(root), "--all"]) == 0
+    assert pd.read_parquet(root / TRIALS_FILE).trial_id.tolist() == ["a", "b"]

@@ -163,8 +163,14 @@ def objective_value(row: Mapping[str, Any], metric: str, by: str = "final") -> f
 def run_folder(data: SweepData, row: Mapping[str, Any]) -> Path | None:
     """A trial's run folder: its recorded ``run_dir``, else ``<sweep>/runs/<trial_id>`` (a sweep
     folder that was moved); None when neither exists or the sweep is not local."""
-    cands = [Path(str(row.get("run_dir") or ""))] if row.get("run_dir") else []
     local = data.location.local_path
+    cands: list[Path] = []
+    if row.get("run_dir"):
+        recorded = Path(str(row["run_dir"]))  # relative to the sweep root (schema 2)
+        if not recorded.is_absolute():
+            recorded = local / recorded if local is not None else recorded
+        if recorded.is_absolute():
+            cands.append(recorded)
     if local is not None:
         cands.append(local / "runs" / str(row["trial_id"]))
     for c in cands:
