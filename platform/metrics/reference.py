@@ -130,8 +130,19 @@ class ReferenceNihBoxEvaluator(NihBoxEvaluator):
     """:class:`NihBoxEvaluator` with the ``np.where`` normalisation and Wang's boxes from
     ``connectedComponentsWithStats``."""
 
-    def _normalize(self, heatmaps: Any) -> np.ndarray:
-        return reference_normalize_to_255(heatmaps)
+    def accumulate(self, heatmaps: Any, class_indices: Any, gt_boxes: Sequence[Any]) -> None:
+        norm = reference_normalize_to_255(heatmaps)
+        cls, gts = self._check_pairs(norm.shape[0], class_indices, gt_boxes)
+        for hm, c, gt in zip(norm, cls, gts, strict=True):
+            by_level = self._level_boxes(hm)
+            for lv, boxes in by_level.items():
+                self._per_level[lv].add(
+                    int(c), boxes, gt, self.iobb_thresholds, self.iou_thresholds
+                )
+            union = np.concatenate(list(by_level.values()), axis=0)
+            if union.shape[0]:
+                union = np.unique(union, axis=0)
+            self._union.add(int(c), union, gt, self.iobb_thresholds, self.iou_thresholds)
 
     def _level_boxes(self, norm: np.ndarray) -> dict[float, np.ndarray]:
         return {lv: reference_component_boxes((norm > lv).astype(np.uint8)) for lv in self.levels}

@@ -50,6 +50,7 @@ import cv2
 import numpy as np
 
 from .common import MetricInputError, as_box_list, check_maps, to_numpy
+from .histkernels import pxap_histograms
 from .levelsets import level_boxes
 
 __all__ = [
@@ -490,19 +491,28 @@ class PxAPEvaluator:
             ignore_masks: optional bool ``[N, H, W]``; True pixels are left out.
         """
         maps = to_numpy(scoremaps)
-        check_maps(maps, "PxAP", ndim=3, value_range=(0.0, 1.0))
+        if maps.ndim != 3 or maps.dtype != np.float64:
+            check_maps(maps, "PxAP", ndim=3, value_range=(0.0, 1.0))
         gt = to_numpy(gt_masks).astype(bool, copy=False)
         if gt.shape != maps.shape:
             raise MetricInputError(f"PxAP: masks {gt.shape} do not match maps {maps.shape}")
-        key = self.bin_index(maps) * 2 + gt  # [N, H, W]: 2 * bin + (GT-positive)
+        ignore = np.zeros(0, np.uint8)
         if ignore_masks is not None:
-            ignore = to_numpy(ignore_masks).astype(bool, copy=False)
-            if ignore.shape != maps.shape:
-                raise MetricInputError(f"PxAP: ignore masks {ignore.shape} != maps {maps.shape}")
-            key = key[~ignore]
-        counts = np.bincount(key.ravel(), minlength=2 * len(self.gt_true_hist)).reshape(-1, 2)
-        self.gt_false_hist += counts[:, 0]
-        self.gt_true_hist += counts[:, 1]
+            ign = to_numpy(ignore_masks).astype(bool, copy=False)
+            if ign.shape != maps.shape:
+                raise MetricInputError(f"PxAP: ignore masks {ign.shape} != maps {maps.shape}")
+            ignore = np.ascontiguousarray(ign).reshape(-1).view(np.uint8)
+        bad = pxap_histograms(
+            np.ascontiguousarray(maps, dtype=np.float64).reshape(-1),
+            np.ascontiguousarray(gt).reshape(-1).view(np.uint8),
+            ignore,
+            self.bin_edges,
+            1.0 / self.step,
+            self.gt_false_hist,
+            self.gt_true_hist,
+        )
+        if bad:  # NaN/inf or out of range: the check names what is wrong
+            check_maps(maps, "PxAP", ndim=3, value_range=(0.0, 1.0))
 
     def compute(self) -> dict[str, float]:
         """``pxap`` in [0, 1]; NaN if no GT-positive pixel (wsolevaluation raises there)."""
