@@ -31,10 +31,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["level_boxes"]
+__all__ = ["level_boxes", "maxbox_counts"]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _find(parent: np.ndarray, i: int) -> int:
     while parent[i] != i:
         parent[i] = parent[parent[i]]
@@ -43,184 +43,213 @@ def _find(parent: np.ndarray, i: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _runs(q: np.ndarray, n_levels: int):
-    """Foreground runs ``[start, end]`` (inclusive) of every (row, level), row-major buckets."""
+def _level_boxes(q: np.ndarray, n_levels: int, ws: np.ndarray):
+    """One scan of the rows: runs and gaps of all levels, joined row to row (see module doc)."""
     height, width = q.shape
-    count = np.zeros((height, n_levels), np.int64)
-    kmax = np.zeros(height, np.int64)  # levels k < kmax[y] have runs in row y, others none
+    # capacity: a row's runs are its total rise of q; gaps are fewer than runs
+    n_cap = 1
+    row_cap = 1
     for y in range(height):
+        prev = 0
+        tot = 0
+        for x in range(width):
+            cur = min(np.int64(q[y, x]), n_levels)
+            if cur > prev:
+                tot += cur - prev
+            prev = cur
+        n_cap += tot
+        row_cap = max(row_cap, tot)
+    if ws.shape[1] < max(n_cap, 2 * row_cap):
+        ws = np.empty((17, max(n_cap, 2 * row_cap) * 2), np.int32)
+    parent, xmin, xmax, ymin, ymax, lvl = ws[0], ws[1], ws[2], ws[3], ws[4], ws[5]
+    gparent, gxmin, gxmax, gymin, gymax, glvl, gedge = (
+        ws[6],
+        ws[7],
+        ws[8],
+        ws[9],
+        ws[10],
+        ws[11],
+        ws[12],
+    )
+    # two row buffers (b = y & 1): runs sorted by (level, x); gid[j]: gap right of run j or -1
+    rs = ws[13].reshape(-1)[: 2 * row_cap].reshape(2, row_cap)
+    re = ws[14].reshape(-1)[: 2 * row_cap].reshape(2, row_cap)
+    rid = ws[15].reshape(-1)[: 2 * row_cap].reshape(2, row_cap)
+    gid = ws[16].reshape(-1)[: 2 * row_cap].reshape(2, row_cap)
+    cnt = np.zeros((2, n_levels + 1), np.int64)
+    off = np.zeros((2, n_levels + 1), np.int64)
+    kmax = np.zeros(2, np.int64)
+    put = np.empty(n_levels + 1, np.int64)
+    pute = np.empty(n_levels + 1, np.int64)
+    n_fg = 0
+    n_gap = 0
+    for y in range(height):
+        b = y & 1
+        p = 1 - b
+        for k in range(kmax[b]):
+            cnt[b, k] = 0
         prev = 0
         top = 0
         for x in range(width):
             cur = min(np.int64(q[y, x]), n_levels)
             if cur > prev:
                 for k in range(prev, cur):
-                    count[y, k] += 1
-                top = max(top, cur)
+                    cnt[b, k] += 1
+                if cur > top:
+                    top = cur
             prev = cur
-        kmax[y] = top
-    offset = np.empty((height, n_levels), np.int64)
-    total = 0
-    for y in range(height):
-        for k in range(n_levels):
-            offset[y, k] = total
-            total += count[y, k]
-    starts = np.empty(total, np.int64)
-    ends = np.empty(total, np.int64)
-    put_s = offset.copy()
-    put_e = offset.copy()
-    for y in range(height):
+        kmax[b] = top
+        o = 0
+        for k in range(top):
+            off[b, k] = o
+            put[k] = o
+            pute[k] = o
+            o += cnt[b, k]
         prev = 0
         for x in range(width + 1):
             cur = min(np.int64(q[y, x]), n_levels) if x < width else 0
             if cur > prev:
                 for k in range(prev, cur):
-                    starts[put_s[y, k]] = x
-                    put_s[y, k] += 1
+                    rs[b, put[k]] = x
+                    put[k] += 1
             elif cur < prev:
                 for k in range(cur, prev):
-                    ends[put_e[y, k]] = x - 1
-                    put_e[y, k] += 1
+                    re[b, pute[k]] = x - 1
+                    pute[k] += 1
             prev = cur
-    return starts, ends, count, offset, kmax
-
-
-@numba.njit(cache=True, nogil=True)
-def _join(parent, xmin, xmax, ymin, ymax, edge, a: int, b: int) -> None:
-    ra = _find(parent, a)
-    rb = _find(parent, b)
-    if ra == rb:
-        return
-    if rb < ra:
-        ra, rb = rb, ra
-    parent[rb] = ra
-    xmin[ra] = min(xmin[ra], xmin[rb])
-    xmax[ra] = max(xmax[ra], xmax[rb])
-    ymin[ra] = min(ymin[ra], ymin[rb])
-    ymax[ra] = max(ymax[ra], ymax[rb])
-    edge[ra] = edge[ra] or edge[rb]
-
-
-@numba.njit(cache=True, nogil=True)
-def _level_boxes(q: np.ndarray, n_levels: int):
-    height, width = q.shape
-    fs, fe, count, offset, kmax = _runs(q, n_levels)
-    n_fg = fs.shape[0]
-    # ---- foreground components: runs of adjacent rows touching with 8-connectivity
-    parent = np.arange(n_fg)
-    xmin = fs.copy()
-    xmax = fe.copy()
-    ymin = np.empty(n_fg, np.int64)
-    for y in range(height):
-        for r in range(offset[y, 0], offset[y, 0] + count[y].sum()):
-            ymin[r] = y
-    ymax = ymin.copy()
-    edge = np.zeros(n_fg, np.bool_)
-    for y in range(height - 1):
-        for k in range(min(kmax[y], kmax[y + 1])):
-            o1, n1, o2, n2 = offset[y, k], count[y, k], offset[y + 1, k], count[y + 1, k]
-            i = 0
-            j = 0
-            while i < n1 and j < n2:
-                a = o1 + i
-                b = o2 + j
-                if fe[a] + 1 < fs[b]:
+        for k in range(top):
+            for j in range(off[b, k], off[b, k] + cnt[b, k]):
+                node = n_fg
+                n_fg += 1
+                rid[b, j] = node
+                parent[node] = node
+                xmin[node] = rs[b, j]
+                xmax[node] = re[b, j]
+                ymin[node] = y
+                ymax[node] = y
+                lvl[node] = k
+                gid[b, j] = -1
+            # gaps between consecutive runs of this level: hole candidates
+            for j in range(off[b, k], off[b, k] + cnt[b, k] - 1):
+                g = n_gap
+                n_gap += 1
+                gid[b, j] = g
+                gparent[g] = g
+                gxmin[g] = re[b, j] + 1
+                gxmax[g] = rs[b, j + 1] - 1
+                gymin[g] = y
+                gymax[g] = y
+                glvl[g] = k
+                gedge[g] = 1 if y == 0 or y == height - 1 else 0
+        if y == 0:
+            continue
+        kp = kmax[p]
+        # ---- foreground: runs of the two rows within one column (8-connectivity)
+        for k in range(min(top, kp)):
+            i = off[p, k]
+            i_end = i + cnt[p, k]
+            j = off[b, k]
+            j_end = j + cnt[b, k]
+            while i < i_end and j < j_end:
+                if re[p, i] + 1 < rs[b, j]:
                     i += 1
-                elif fe[b] + 1 < fs[a]:
+                elif re[b, j] + 1 < rs[p, i]:
                     j += 1
                 else:
-                    _join(parent, xmin, xmax, ymin, ymax, edge, a, b)
-                    if fe[a] < fe[b]:
+                    ra = _find(parent, rid[p, i])
+                    rb = _find(parent, rid[b, j])
+                    if ra != rb:
+                        if rb < ra:
+                            ra, rb = rb, ra
+                        parent[rb] = ra
+                        xmin[ra] = min(xmin[ra], xmin[rb])
+                        xmax[ra] = max(xmax[ra], xmax[rb])
+                        ymax[ra] = max(ymax[ra], ymax[rb])
+                    if re[p, i] < re[b, j]:
                         i += 1
                     else:
                         j += 1
-    # ---- holes: gaps between two foreground runs of a row, joined with 4-connectivity
-    gcount = np.maximum(count - 1, 0)
-    goffset = np.empty((height, n_levels), np.int64)
-    n_gap = 0
-    for y in range(height):
-        for k in range(n_levels):
-            goffset[y, k] = n_gap
-            n_gap += gcount[y, k]
-    gs = np.empty(n_gap, np.int64)
-    ge = np.empty(n_gap, np.int64)
-    gy = np.empty(n_gap, np.int64)
-    gedge = np.zeros(n_gap, np.bool_)
-    for y in range(height):
-        for k in range(kmax[y]):
-            o = offset[y, k]
-            g = goffset[y, k]
-            for i in range(gcount[y, k]):
-                gs[g + i] = fe[o + i] + 1
-                ge[g + i] = fs[o + i + 1] - 1
-                gy[g + i] = y
-                if y == 0 or y == height - 1:
-                    gedge[g + i] = True
-    # a gap touching an adjacent row's background outside that row's foreground span (or a row
-    # without foreground) reaches the image edge through it
-    for y in range(height):
-        for k in range(kmax[y]):
-            if gcount[y, k] == 0:
+        # ---- holes: a gap touching the other row's background outside its runs reaches the
+        # edge; gaps of the two rows that share a column join (4-connectivity)
+        for k in range(max(top, kp)):
+            cb = cnt[b, k] if k < top else 0
+            cp = cnt[p, k] if k < kp else 0
+            if cb < 2 and cp < 2:
                 continue
-            for dy in (-1, 1):
-                yy = y + dy
-                if yy < 0 or yy >= height:
+            for r in range(2):
+                s_row = b if r == 0 else p  # the gaps' row
+                o_row = p if r == 0 else b
+                cs = cb if r == 0 else cp
+                co = cp if r == 0 else cb
+                if cs < 2:
                     continue
-                n = count[yy, k]
-                for g in range(goffset[y, k], goffset[y, k] + gcount[y, k]):
-                    if n == 0:
-                        gedge[g] = True
+                for j in range(off[s_row, k], off[s_row, k] + cs - 1):
+                    g = gid[s_row, j]
+                    if co == 0:
+                        gedge[_find(gparent, g)] = 1
                     else:
-                        first = fs[offset[yy, k]]
-                        last = fe[offset[yy, k] + n - 1]
-                        if gs[g] < first or ge[g] > last:
-                            gedge[g] = True
-    gparent = np.arange(n_gap)
-    gxmin = gs.copy()
-    gxmax = ge.copy()
-    gymin = gy.copy()
-    gymax = gy.copy()
-    for y in range(height - 1):
-        for k in range(min(kmax[y], kmax[y + 1])):
-            o1, n1, o2, n2 = goffset[y, k], gcount[y, k], goffset[y + 1, k], gcount[y + 1, k]
-            i = 0
-            j = 0
-            while i < n1 and j < n2:
-                a = o1 + i
-                b = o2 + j
-                if ge[a] < gs[b]:
+                        first = rs[o_row, off[o_row, k]]
+                        last = re[o_row, off[o_row, k] + co - 1]
+                        if re[s_row, j] + 1 < first or rs[s_row, j + 1] - 1 > last:
+                            gedge[_find(gparent, g)] = 1
+            if cb < 2 or cp < 2:
+                continue
+            i = off[p, k]
+            i_end = i + cp - 1
+            j = off[b, k]
+            j_end = j + cb - 1
+            while i < i_end and j < j_end:
+                a_s = re[p, i] + 1
+                a_e = rs[p, i + 1] - 1
+                b_s = re[b, j] + 1
+                b_e = rs[b, j + 1] - 1
+                if a_e < b_s:
                     i += 1
-                elif ge[b] < gs[a]:
+                elif b_e < a_s:
                     j += 1
                 else:
-                    _join(gparent, gxmin, gxmax, gymin, gymax, gedge, a, b)
-                    if ge[a] < ge[b]:
+                    ra = _find(gparent, gid[p, i])
+                    rb = _find(gparent, gid[b, j])
+                    if ra != rb:
+                        if rb < ra:
+                            ra, rb = rb, ra
+                        gparent[rb] = ra
+                        gxmin[ra] = min(gxmin[ra], gxmin[rb])
+                        gxmax[ra] = max(gxmax[ra], gxmax[rb])
+                        gymax[ra] = max(gymax[ra], gymax[rb])
+                        gedge[ra] = gedge[ra] | gedge[rb]
+                    if a_e < b_e:
                         i += 1
                     else:
                         j += 1
     # ---- one box per foreground root and per hole root
-    out_level = np.empty(n_fg + n_gap, np.int64)
-    out_box = np.empty((n_fg + n_gap, 4), np.int64)
     m = 0
-    for y in range(height):
-        for k in range(kmax[y]):
-            for r in range(offset[y, k], offset[y, k] + count[y, k]):
-                if parent[r] == r:
-                    out_level[m] = k
-                    out_box[m, 0] = xmin[r]
-                    out_box[m, 1] = ymin[r]
-                    out_box[m, 2] = min(xmax[r] + 1, width - 1)
-                    out_box[m, 3] = min(ymax[r] + 1, height - 1)
-                    m += 1
-            for g in range(goffset[y, k], goffset[y, k] + gcount[y, k]):
-                if gparent[g] == g and not gedge[g]:
-                    out_level[m] = k
-                    out_box[m, 0] = gxmin[g] - 1
-                    out_box[m, 1] = gymin[g] - 1
-                    out_box[m, 2] = min(gxmax[g] + 2, width - 1)
-                    out_box[m, 3] = min(gymax[g] + 2, height - 1)
-                    m += 1
-    return out_level[:m], out_box[:m]
+    for i in range(n_fg):
+        if parent[i] == i:
+            m += 1
+    for g in range(n_gap):
+        if gparent[g] == g and gedge[g] == 0:
+            m += 1
+    out_level = np.empty(m, np.int64)
+    out_box = np.empty((m, 4), np.int64)
+    m = 0
+    for i in range(n_fg):
+        if parent[i] == i:
+            out_level[m] = lvl[i]
+            out_box[m, 0] = xmin[i]
+            out_box[m, 1] = ymin[i]
+            out_box[m, 2] = min(xmax[i] + 1, width - 1)
+            out_box[m, 3] = min(ymax[i] + 1, height - 1)
+            m += 1
+    for g in range(n_gap):
+        if gparent[g] == g and gedge[g] == 0:
+            out_level[m] = glvl[g]
+            out_box[m, 0] = gxmin[g] - 1
+            out_box[m, 1] = gymin[g] - 1
+            out_box[m, 2] = min(gxmax[g] + 2, width - 1)
+            out_box[m, 3] = min(gymax[g] + 2, height - 1)
+            m += 1
+    return out_level, out_box, ws
 
 
 def level_boxes(q: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -239,4 +268,128 @@ def level_boxes(q: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
     arr = np.ascontiguousarray(q, dtype=np.uint16)  # one compiled signature; K <= 256 levels
     if arr.ndim != 2:
         raise ValueError(f"level_boxes: q must be 2-D, got shape {arr.shape}")
-    return _level_boxes(arr, int(n_levels))
+    out_level, out_box, _ = _level_boxes(arr, int(n_levels), np.empty((17, 0), np.int32))
+    return out_level, out_box
+
+
+@numba.njit(cache=True, nogil=True)
+def _maxbox_counts(maps, images, gt, gt_off, taus, deltas, num_correct) -> int:
+    quantised = images.shape[0] > 0
+    n, height, width = images.shape if quantised else maps.shape
+    n_tau = taus.shape[0]
+    image = np.empty((height, width), np.uint8)  # rebound to images[i] when quantised
+    q = np.empty((height, width), np.uint16)
+    ws = np.empty((17, 0), np.int32)
+    correct = np.zeros(num_correct.shape, np.int64)
+    levels = np.empty(n_tau, np.int64)
+    inverse = np.empty(n_tau, np.int64)
+    best = np.empty(n_tau, np.float64)
+    lut = np.empty(256, np.uint16)
+    for i in range(n):
+        # uint8(map * 255) as numpy truncates it, and which values occur
+        present = np.zeros(256, np.int64)
+        if quantised:
+            image = images[i]
+            for y in range(height):
+                for x in range(width):
+                    present[image[y, x]] = 1
+        else:
+            m = maps[i]
+            for y in range(height):
+                for x in range(width):
+                    v = m[y, x]
+                    if not (v >= 0.0 and v <= 1.0):
+                        return 1
+                    u = np.uint8(v * 255)
+                    image[y, x] = u
+                    present[u] = 1
+        mx = 0
+        for v in range(256):
+            if present[v]:
+                mx = v
+        for v in range(1, 256):
+            present[v] += present[v - 1]  # number of values <= v that occur
+        # thresholds int(tau * max) with the same binary image share one level
+        n_lv = 0
+        last_key = -1
+        for t in range(n_tau):
+            thr = int(taus[t] * mx)
+            key = present[min(thr, 255)]
+            if key != last_key:
+                levels[n_lv] = thr
+                n_lv += 1
+                last_key = key
+            inverse[t] = n_lv - 1
+        k = 0
+        for v in range(256):  # lut[v]: number of levels below v (foreground at k iff q > k)
+            while k < n_lv and levels[k] < v:
+                k += 1
+            lut[v] = k
+        for y in range(height):
+            for x in range(width):
+                q[y, x] = lut[image[y, x]]
+        level_of, boxes, ws = _level_boxes(q, n_lv, ws)
+        # best IoU ("+1" convention, as calculate_multiple_iou) per level over boxes x GT
+        g0 = gt_off[i]
+        g1 = gt_off[i + 1]
+        for k in range(n_lv):
+            best[k] = -1.0
+            if levels[k] >= mx:  # no foreground: wsolevaluation's box [0, 0, 0, 0]
+                best[k] = _best_iou(0, 0, 0, 0, gt, g0, g1)
+        for r in range(boxes.shape[0]):
+            iou = _best_iou(boxes[r, 0], boxes[r, 1], boxes[r, 2], boxes[r, 3], gt, g0, g1)
+            if iou > best[level_of[r]]:
+                best[level_of[r]] = iou
+        for t in range(n_tau):
+            b = best[inverse[t]]
+            for d in range(deltas.shape[0]):
+                if b >= deltas[d]:
+                    correct[d, t] += 1
+    num_correct += correct
+    return 0
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _best_iou(a0, a1, a2, a3, gt, g0, g1) -> float:
+    best = -1.0
+    area_a = (a2 - a0 + 1) * (a3 - a1 + 1)
+    for g in range(g0, g1):
+        iw = max(0, min(a2, gt[g, 2]) - max(a0, gt[g, 0]) + 1)
+        ih = max(0, min(a3, gt[g, 3]) - max(a1, gt[g, 1]) + 1)
+        inter = iw * ih
+        union = area_a + (gt[g, 2] - gt[g, 0] + 1) * (gt[g, 3] - gt[g, 1] + 1) - inter
+        iou = inter / union if union > 0 else 0.0
+        if iou > best:
+            best = iou
+    return best
+
+
+def maxbox_counts(
+    maps: np.ndarray,
+    images: np.ndarray,
+    gt: np.ndarray,
+    gt_off: np.ndarray,
+    thresholds: np.ndarray,
+    deltas: np.ndarray,
+    num_correct: np.ndarray,
+) -> bool:
+    """MaxBoxAccV2's correct counts for a batch of maps, in one compiled call.
+
+    Per map: ``uint8(map * 255)``; the thresholds ``int(tau * max)`` collapsed to the distinct
+    binary images; the boxes of every contour of every level (:func:`level_boxes`); the best
+    "+1" IoU over (boxes x GT) per level (the box ``[0, 0, 0, 0]`` where nothing is foreground);
+    then ``num_correct[d, t] += best(tau_t) >= deltas[d]``.
+
+    Args:
+        maps: float64 ``[N, H, W]``, values in [0, 1] (or ``[0, 1, 1]`` if ``images`` is given).
+        images: uint8 ``[N, H, W]``, the maps already quantised (or ``[0, 1, 1]``: quantise
+            ``maps`` here, fused with the range check).
+        gt: int64 ``[G, 4]`` GT boxes ``(x0, y0, x1, y1)`` (wsolevaluation's integer form) of all
+            maps; map ``i`` owns ``gt[gt_off[i]:gt_off[i + 1]]`` (at least one).
+        gt_off: int64 ``[N + 1]``. thresholds: float64 ``[T]`` taus. deltas: float64 ``[D]``.
+        num_correct: int64 ``[D, T]``, added to in place (only if every map is valid).
+
+    Returns:
+        False if a value is NaN or outside [0, 1] (then nothing is added), else True.
+    """
+    return _maxbox_counts(maps, images, gt, gt_off, thresholds, deltas, num_correct) == 0

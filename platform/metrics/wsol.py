@@ -51,7 +51,7 @@ import numpy as np
 
 from .common import MetricInputError, as_box_list, check_maps, to_numpy
 from .histkernels import pxap_histograms
-from .levelsets import level_boxes
+from .levelsets import level_boxes, maxbox_counts
 
 __all__ = [
     "check_scoremap_validity",
@@ -393,15 +393,34 @@ class MaxBoxAccV2Evaluator:
                 maps' pixels (see :func:`boxes_to_wsol_convention`).
         """
         maps = to_numpy(scoremaps)
-        check_maps(maps, "MaxBoxAccV2", ndim=3, value_range=(0.0, 1.0))
+        if maps.ndim != 3 or maps.dtype != np.float64:
+            check_maps(maps, "MaxBoxAccV2", ndim=3, value_range=(0.0, 1.0))
         gts = as_box_list(gt_boxes, "MaxBoxAccV2", maps.shape[0])
-        deltas = np.asarray(self.iou_thresholds, dtype=np.float64)[:, None] / 100.0
+        if any(g.shape[0] == 0 for g in gts):
+            raise MetricInputError("MaxBoxAccV2: every map needs at least one GT box")
+        if maps.shape[0] == 0:
+            return
+        deltas = np.asarray(self.iou_thresholds, dtype=np.float64) / 100.0
+        gt = np.concatenate(gts).astype(np.int64)
+        check_box_convention(gt, "x0y0x1y1")  # what calculate_multiple_iou raises
+        if self.multi_contour_eval:
+            off = np.concatenate(([0], np.cumsum([g.shape[0] for g in gts]))).astype(np.int64)
+            none = np.zeros((0, 1, 1))
+            if maps.dtype == np.float64:  # quantised in the kernel, fused with the range check
+                maps64, images = np.ascontiguousarray(maps), none.astype(np.uint8)
+            else:  # numpy's uint8(map * 255) in the maps' own precision
+                maps64, images = none, np.ascontiguousarray((maps * 255).astype(np.uint8))
+            if not maxbox_counts(
+                maps64, images, gt, off, self.thresholds, deltas, self.num_correct
+            ):
+                check_maps(maps, "MaxBoxAccV2", ndim=3, value_range=(0.0, 1.0))  # raises
+            self.count += maps.shape[0]
+            return
+        check_maps(maps, "MaxBoxAccV2", ndim=3, value_range=(0.0, 1.0))
         images = (maps * 255).astype(np.uint8)
-        for image, gt in zip(images, gts, strict=True):
-            if gt.shape[0] == 0:
-                raise MetricInputError("MaxBoxAccV2: every map needs at least one GT box")
-            best = self._best_ious(image, gt.astype(np.int64))  # [n_tau]
-            self.num_correct += best[None, :] >= deltas
+        for image, g in zip(images, gts, strict=True):
+            best = self._best_ious(image, g.astype(np.int64))  # [n_tau]
+            self.num_correct += best[None, :] >= deltas[:, None]
             self.count += 1
 
     def _best_ious(self, image: np.ndarray, gt: np.ndarray) -> np.ndarray:
