@@ -35,221 +35,216 @@ __all__ = ["level_boxes", "maxbox_counts"]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _find(parent: np.ndarray, i: int) -> int:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
+def _root(par: np.ndarray, i: int) -> int:
+    while par[i] != i:
+        par[i] = par[par[i]]
+        i = par[i]
     return i
 
 
 @numba.njit(cache=True, nogil=True)
-def _level_boxes(q: np.ndarray, n_levels: int, ws: np.ndarray):
-    """One scan of the rows: runs and gaps of all levels, joined row to row (see module doc)."""
+def _level_boxes(q: np.ndarray, n_levels: int, ws: np.ndarray, gw: np.ndarray):
+    """One scan of the rows: runs and gaps of all levels, joined row to row (see module doc).
+
+    A run of level ``k`` becomes a node when it closes; the nodes of one (row, level) form a
+    linked list in ``x`` order (``head``/``tail`` per row buffer ``b = y & 1``), and a node
+    that closes after another of its (row, level) opens a gap node between the two.
+    """
     height, width = q.shape
-    # capacity: a row's runs are its total rise of q; gaps are fewer than runs
-    n_cap = 1
-    row_cap = 1
+    head = np.full((2, n_levels + 1), -1, np.int64)
+    tail = np.full((2, n_levels + 1), -1, np.int64)
+    ghead = np.full((2, n_levels + 1), -1, np.int64)
+    gtail = np.full((2, n_levels + 1), -1, np.int64)
+    kmax = np.zeros(2, np.int64)
+    ostart = np.zeros(n_levels + 1, np.int64)
+    n_cap = 1  # runs: the rows' total rise of q; gaps are fewer
     for y in range(height):
         prev = 0
-        tot = 0
         for x in range(width):
             cur = min(np.int64(q[y, x]), n_levels)
             if cur > prev:
-                tot += cur - prev
+                n_cap += cur - prev
             prev = cur
-        n_cap += tot
-        row_cap = max(row_cap, tot)
-    if ws.shape[1] < max(n_cap, 2 * row_cap):
-        ws = np.empty((17, max(n_cap, 2 * row_cap) * 2), np.int32)
-    parent, xmin, xmax, ymin, ymax, lvl = ws[0], ws[1], ws[2], ws[3], ws[4], ws[5]
-    gparent, gxmin, gxmax, gymin, gymax, glvl, gedge = (
+    if ws.shape[1] < n_cap:
+        ws = np.empty((10, 2 * n_cap), np.int32)
+    if gw.shape[1] < n_cap:
+        gw = np.empty((10, 2 * n_cap), np.int32)
+    rs_, re_, par, bx0, bx1, by0, by1, lv_, nxt = (
+        ws[0],
+        ws[1],
+        ws[2],
+        ws[3],
+        ws[4],
+        ws[5],
         ws[6],
         ws[7],
         ws[8],
-        ws[9],
-        ws[10],
-        ws[11],
-        ws[12],
     )
-    # two row buffers (b = y & 1): runs sorted by (level, x); gid[j]: gap right of run j or -1
-    rs = ws[13].reshape(-1)[: 2 * row_cap].reshape(2, row_cap)
-    re = ws[14].reshape(-1)[: 2 * row_cap].reshape(2, row_cap)
-    rid = ws[15].reshape(-1)[: 2 * row_cap].reshape(2, row_cap)
-    gid = ws[16].reshape(-1)[: 2 * row_cap].reshape(2, row_cap)
-    cnt = np.zeros((2, n_levels + 1), np.int64)
-    off = np.zeros((2, n_levels + 1), np.int64)
-    kmax = np.zeros(2, np.int64)
-    put = np.empty(n_levels + 1, np.int64)
-    pute = np.empty(n_levels + 1, np.int64)
+    gs_, ge_, gpar, gx0, gx1, gy0, gy1, glv, gnxt, gedge = (
+        gw[0],
+        gw[1],
+        gw[2],
+        gw[3],
+        gw[4],
+        gw[5],
+        gw[6],
+        gw[7],
+        gw[8],
+        gw[9],
+    )
     n_fg = 0
     n_gap = 0
     for y in range(height):
         b = y & 1
         p = 1 - b
         for k in range(kmax[b]):
-            cnt[b, k] = 0
+            head[b, k] = -1
+            tail[b, k] = -1
+            ghead[b, k] = -1
+            gtail[b, k] = -1
+        edge_row = 1 if y == 0 or y == height - 1 else 0
         prev = 0
         top = 0
-        for x in range(width):
-            cur = min(np.int64(q[y, x]), n_levels)
-            if cur > prev:
-                for k in range(prev, cur):
-                    cnt[b, k] += 1
-                if cur > top:
-                    top = cur
-            prev = cur
-        kmax[b] = top
-        o = 0
-        for k in range(top):
-            off[b, k] = o
-            put[k] = o
-            pute[k] = o
-            o += cnt[b, k]
-        prev = 0
         for x in range(width + 1):
             cur = min(np.int64(q[y, x]), n_levels) if x < width else 0
             if cur > prev:
                 for k in range(prev, cur):
-                    rs[b, put[k]] = x
-                    put[k] += 1
+                    ostart[k] = x
+                if cur > top:
+                    top = cur
             elif cur < prev:
                 for k in range(cur, prev):
-                    re[b, pute[k]] = x - 1
-                    pute[k] += 1
+                    node = n_fg
+                    n_fg += 1
+                    s = ostart[k]
+                    rs_[node] = s
+                    re_[node] = x - 1
+                    par[node] = node
+                    bx0[node] = s
+                    bx1[node] = x - 1
+                    by0[node] = y
+                    by1[node] = y
+                    lv_[node] = k
+                    nxt[node] = -1
+                    t = tail[b, k]
+                    if t < 0:
+                        head[b, k] = node
+                    else:
+                        nxt[t] = node
+                        g = n_gap  # the gap between run t and this run
+                        n_gap += 1
+                        gs_[g] = re_[t] + 1
+                        ge_[g] = s - 1
+                        gpar[g] = g
+                        gx0[g] = re_[t] + 1
+                        gx1[g] = s - 1
+                        gy0[g] = y
+                        gy1[g] = y
+                        glv[g] = k
+                        gnxt[g] = -1
+                        gedge[g] = edge_row
+                        gt = gtail[b, k]
+                        if gt < 0:
+                            ghead[b, k] = g
+                        else:
+                            gnxt[gt] = g
+                        gtail[b, k] = g
+                    tail[b, k] = node
             prev = cur
-        for k in range(top):
-            for j in range(off[b, k], off[b, k] + cnt[b, k]):
-                node = n_fg
-                n_fg += 1
-                rid[b, j] = node
-                parent[node] = node
-                xmin[node] = rs[b, j]
-                xmax[node] = re[b, j]
-                ymin[node] = y
-                ymax[node] = y
-                lvl[node] = k
-                gid[b, j] = -1
-            # gaps between consecutive runs of this level: hole candidates
-            for j in range(off[b, k], off[b, k] + cnt[b, k] - 1):
-                g = n_gap
-                n_gap += 1
-                gid[b, j] = g
-                gparent[g] = g
-                gxmin[g] = re[b, j] + 1
-                gxmax[g] = rs[b, j + 1] - 1
-                gymin[g] = y
-                gymax[g] = y
-                glvl[g] = k
-                gedge[g] = 1 if y == 0 or y == height - 1 else 0
+        kmax[b] = top
         if y == 0:
             continue
         kp = kmax[p]
         # ---- foreground: runs of the two rows within one column (8-connectivity)
         for k in range(min(top, kp)):
-            i = off[p, k]
-            i_end = i + cnt[p, k]
-            j = off[b, k]
-            j_end = j + cnt[b, k]
-            while i < i_end and j < j_end:
-                if re[p, i] + 1 < rs[b, j]:
-                    i += 1
-                elif re[b, j] + 1 < rs[p, i]:
-                    j += 1
+            i = head[p, k]
+            j = head[b, k]
+            while i >= 0 and j >= 0:
+                if re_[i] + 1 < rs_[j]:
+                    i = nxt[i]
+                elif re_[j] + 1 < rs_[i]:
+                    j = nxt[j]
                 else:
-                    ra = _find(parent, rid[p, i])
-                    rb = _find(parent, rid[b, j])
+                    ra = _root(par, i)
+                    rb = _root(par, j)
                     if ra != rb:
                         if rb < ra:
                             ra, rb = rb, ra
-                        parent[rb] = ra
-                        xmin[ra] = min(xmin[ra], xmin[rb])
-                        xmax[ra] = max(xmax[ra], xmax[rb])
-                        ymax[ra] = max(ymax[ra], ymax[rb])
-                    if re[p, i] < re[b, j]:
-                        i += 1
+                        par[rb] = ra
+                        bx0[ra] = min(bx0[ra], bx0[rb])
+                        bx1[ra] = max(bx1[ra], bx1[rb])
+                        by1[ra] = max(by1[ra], by1[rb])
+                    if re_[i] < re_[j]:
+                        i = nxt[i]
                     else:
-                        j += 1
+                        j = nxt[j]
         # ---- holes: a gap touching the other row's background outside its runs reaches the
         # edge; gaps of the two rows that share a column join (4-connectivity)
         for k in range(max(top, kp)):
-            cb = cnt[b, k] if k < top else 0
-            cp = cnt[p, k] if k < kp else 0
-            if cb < 2 and cp < 2:
+            gb = ghead[b, k] if k < top else -1
+            gp = ghead[p, k] if k < kp else -1
+            if gb < 0 and gp < 0:
                 continue
             for r in range(2):
-                s_row = b if r == 0 else p  # the gaps' row
+                g = gb if r == 0 else gp
                 o_row = p if r == 0 else b
-                cs = cb if r == 0 else cp
-                co = cp if r == 0 else cb
-                if cs < 2:
-                    continue
-                for j in range(off[s_row, k], off[s_row, k] + cs - 1):
-                    g = gid[s_row, j]
-                    if co == 0:
-                        gedge[_find(gparent, g)] = 1
-                    else:
-                        first = rs[o_row, off[o_row, k]]
-                        last = re[o_row, off[o_row, k] + co - 1]
-                        if re[s_row, j] + 1 < first or rs[s_row, j + 1] - 1 > last:
-                            gedge[_find(gparent, g)] = 1
-            if cb < 2 or cp < 2:
-                continue
-            i = off[p, k]
-            i_end = i + cp - 1
-            j = off[b, k]
-            j_end = j + cb - 1
-            while i < i_end and j < j_end:
-                a_s = re[p, i] + 1
-                a_e = rs[p, i + 1] - 1
-                b_s = re[b, j] + 1
-                b_e = rs[b, j + 1] - 1
-                if a_e < b_s:
-                    i += 1
-                elif b_e < a_s:
-                    j += 1
+                has_o = k < (kp if r == 0 else top)
+                first = rs_[head[o_row, k]] if has_o else 0
+                last = re_[tail[o_row, k]] if has_o else 0
+                while g >= 0:
+                    if not has_o or gs_[g] < first or ge_[g] > last:
+                        gedge[_root(gpar, g)] = 1
+                    g = gnxt[g]
+            i = gp
+            j = gb
+            while i >= 0 and j >= 0:
+                if ge_[i] < gs_[j]:
+                    i = gnxt[i]
+                elif ge_[j] < gs_[i]:
+                    j = gnxt[j]
                 else:
-                    ra = _find(gparent, gid[p, i])
-                    rb = _find(gparent, gid[b, j])
+                    ra = _root(gpar, i)
+                    rb = _root(gpar, j)
                     if ra != rb:
                         if rb < ra:
                             ra, rb = rb, ra
-                        gparent[rb] = ra
-                        gxmin[ra] = min(gxmin[ra], gxmin[rb])
-                        gxmax[ra] = max(gxmax[ra], gxmax[rb])
-                        gymax[ra] = max(gymax[ra], gymax[rb])
+                        gpar[rb] = ra
+                        gx0[ra] = min(gx0[ra], gx0[rb])
+                        gx1[ra] = max(gx1[ra], gx1[rb])
+                        gy1[ra] = max(gy1[ra], gy1[rb])
                         gedge[ra] = gedge[ra] | gedge[rb]
-                    if a_e < b_e:
-                        i += 1
+                    if ge_[i] < ge_[j]:
+                        i = gnxt[i]
                     else:
-                        j += 1
+                        j = gnxt[j]
     # ---- one box per foreground root and per hole root
     m = 0
     for i in range(n_fg):
-        if parent[i] == i:
+        if par[i] == i:
             m += 1
     for g in range(n_gap):
-        if gparent[g] == g and gedge[g] == 0:
+        if gpar[g] == g and gedge[g] == 0:
             m += 1
     out_level = np.empty(m, np.int64)
     out_box = np.empty((m, 4), np.int64)
     m = 0
     for i in range(n_fg):
-        if parent[i] == i:
-            out_level[m] = lvl[i]
-            out_box[m, 0] = xmin[i]
-            out_box[m, 1] = ymin[i]
-            out_box[m, 2] = min(xmax[i] + 1, width - 1)
-            out_box[m, 3] = min(ymax[i] + 1, height - 1)
+        if par[i] == i:
+            out_level[m] = lv_[i]
+            out_box[m, 0] = bx0[i]
+            out_box[m, 1] = by0[i]
+            out_box[m, 2] = min(bx1[i] + 1, width - 1)
+            out_box[m, 3] = min(by1[i] + 1, height - 1)
             m += 1
     for g in range(n_gap):
-        if gparent[g] == g and gedge[g] == 0:
-            out_level[m] = glvl[g]
-            out_box[m, 0] = gxmin[g] - 1
-            out_box[m, 1] = gymin[g] - 1
-            out_box[m, 2] = min(gxmax[g] + 2, width - 1)
-            out_box[m, 3] = min(gymax[g] + 2, height - 1)
+        if gpar[g] == g and gedge[g] == 0:
+            out_level[m] = glv[g]
+            out_box[m, 0] = gx0[g] - 1
+            out_box[m, 1] = gy0[g] - 1
+            out_box[m, 2] = min(gx1[g] + 2, width - 1)
+            out_box[m, 3] = min(gy1[g] + 2, height - 1)
             m += 1
-    return out_level, out_box, ws
+    return out_level, out_box, ws, gw
 
 
 def level_boxes(q: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +263,8 @@ def level_boxes(q: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
     arr = np.ascontiguousarray(q, dtype=np.uint16)  # one compiled signature; K <= 256 levels
     if arr.ndim != 2:
         raise ValueError(f"level_boxes: q must be 2-D, got shape {arr.shape}")
-    out_level, out_box, _ = _level_boxes(arr, int(n_levels), np.empty((17, 0), np.int32))
+    empty = np.empty((10, 0), np.int32)
+    out_level, out_box, _, _ = _level_boxes(arr, int(n_levels), empty, empty)
     return out_level, out_box
 
 
@@ -279,7 +275,8 @@ def _maxbox_counts(maps, images, gt, gt_off, taus, deltas, num_correct) -> int:
     n_tau = taus.shape[0]
     image = np.empty((height, width), np.uint8)  # rebound to images[i] when quantised
     q = np.empty((height, width), np.uint16)
-    ws = np.empty((17, 0), np.int32)
+    ws = np.empty((10, 0), np.int32)
+    gw = np.empty((10, 0), np.int32)
     correct = np.zeros(num_correct.shape, np.int64)
     levels = np.empty(n_tau, np.int64)
     inverse = np.empty(n_tau, np.int64)
@@ -328,7 +325,7 @@ def _maxbox_counts(maps, images, gt, gt_off, taus, deltas, num_correct) -> int:
         for y in range(height):
             for x in range(width):
                 q[y, x] = lut[image[y, x]]
-        level_of, boxes, ws = _level_boxes(q, n_lv, ws)
+        level_of, boxes, ws, gw = _level_boxes(q, n_lv, ws, gw)
         # best IoU ("+1" convention, as calculate_multiple_iou) per level over boxes x GT
         g0 = gt_off[i]
         g1 = gt_off[i + 1]
