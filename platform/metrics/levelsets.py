@@ -57,13 +57,15 @@ def _level_boxes(q: np.ndarray, n_levels: int, ws: np.ndarray, gw: np.ndarray):
     gtail = np.full((2, n_levels + 1), -1, np.int64)
     kmax = np.zeros(2, np.int64)
     ostart = np.zeros(n_levels + 1, np.int64)
+    ev_x = np.empty(width + 2, np.int64)
+    ev_q = np.empty(width + 2, np.int64)
+    ev_p = np.empty(width + 2, np.int64)
     n_cap = 1  # runs: the rows' total rise of q; gaps are fewer
     for y in range(height):
         prev = 0
         for x in range(width):
             cur = min(np.int64(q[y, x]), n_levels)
-            if cur > prev:
-                n_cap += cur - prev
+            n_cap += max(cur - prev, 0)
             prev = cur
     if ws.shape[1] < n_cap:
         ws = np.empty((10, 2 * n_cap), np.int32)
@@ -103,16 +105,26 @@ def _level_boxes(q: np.ndarray, n_levels: int, ws: np.ndarray, gw: np.ndarray):
             ghead[b, k] = -1
             gtail[b, k] = -1
         edge_row = 1 if y == 0 or y == height - 1 else 0
+        # the row's changes of q, compacted without branches (they are unpredictable)
+        n_ev = 0
         prev = 0
         top = 0
         for x in range(width + 1):
             cur = min(np.int64(q[y, x]), n_levels) if x < width else 0
+            ev_x[n_ev] = x
+            ev_q[n_ev] = cur
+            ev_p[n_ev] = prev
+            n_ev += cur != prev
+            top = max(top, cur)
+            prev = cur
+        for e in range(n_ev):
+            x = ev_x[e]
+            cur = ev_q[e]
+            prev = ev_p[e]
             if cur > prev:
                 for k in range(prev, cur):
                     ostart[k] = x
-                if cur > top:
-                    top = cur
-            elif cur < prev:
+            else:
                 for k in range(cur, prev):
                     node = n_fg
                     n_fg += 1
@@ -150,7 +162,6 @@ def _level_boxes(q: np.ndarray, n_levels: int, ws: np.ndarray, gw: np.ndarray):
                             gnxt[gt] = g
                         gtail[b, k] = g
                     tail[b, k] = node
-            prev = cur
         kmax[b] = top
         if y == 0:
             continue
