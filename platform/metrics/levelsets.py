@@ -14,14 +14,17 @@ thresholds at once from the run-length encoding of the map's rows:
   a hole ``(x0-1, y0-1, min(x1+2, W-1), min(y1+2, H-1))``.
 
 The map comes as level indices ``q`` (a pixel is foreground at level ``k`` iff ``q > k``). Along
-a row, a foreground run of level ``k`` starts wherever ``q`` rises past ``k``, so one scan yields
-the runs of all levels (as many as the rows' total variation: about the number of pixels for a
-smooth map, instead of levels x pixels). Per level, runs of adjacent rows are joined with a
-union-find (8-connectivity). Holes can only be made of the gaps *between* two foreground runs of
-a row; a gap joins the gaps of the next row it touches (4-connectivity) and reaches the edge when
-it is in the first/last row or touches a row's background at either end. Equality with
-``findContours`` is tested on random maps against
+a row, a foreground run of level ``k`` starts wherever ``q`` rises past ``k`` and ends where it
+falls below, so one scan of the row's changes of ``q`` (compacted first, without branches) yields
+the runs of all levels, as many as the rows' total rise (about 0.3-0.4 per pixel on CAM-like
+maps, instead of levels x pixels). A run becomes a union-find node when it closes and is linked
+to the list of its (row, level), in ``x`` order; the lists of two adjacent rows are merged per
+level (8-connectivity). Holes can only be made of the gaps *between* two foreground runs of a
+row; a gap joins the gaps of the next row it shares a column with (4-connectivity) and reaches
+the edge when it is in the first/last row or touches a row's background outside that row's runs.
+Equality with ``findContours`` is tested on random and adversarial maps against
 :func:`lesionsweep.metrics.reference.reference_mine_boxes`.
+:func:`maxbox_counts` runs MaxBoxAccV2 on a whole batch in one call on top of it.
 
 Compiled with numba (``cache=True``: the first call on a machine compiles for a few seconds).
 """

@@ -8,6 +8,10 @@ convention (``lesionsweep.data.types``): a component spanning pixel columns ``a.
 ``x0 = a, x1 = b + 1``, so predicted and GT boxes are compared in the same continuous space, and
 areas have no "+1" (area = ``(x1 - x0) * (y1 - y0)``).
 
+:class:`NihBoxEvaluator` computes the boxes and the counts below for a whole batch in one compiled
+call (:func:`~lesionsweep.metrics.histkernels.nih_tallies`, tested equal to the per-map code of
+:class:`~lesionsweep.metrics.reference.ReferenceNihBoxEvaluator`).
+
 Scores (:class:`NihBoxEvaluator`):
 
 * ``IoU = |P ∩ G| / |P ∪ G|``, ``IoBB = |P ∩ G| / |P|`` (overlap over the predicted box area).
@@ -35,7 +39,6 @@ import cv2
 import numpy as np
 
 from .common import MetricInputError, as_box_list, check_maps, nanmean, to_numpy
-from .histkernels import nih_tallies
 
 __all__ = [
     "IOBB_THRESHOLDS",
@@ -211,6 +214,9 @@ class NihBoxEvaluator:
             return
         gt = np.ascontiguousarray(np.concatenate(gts), dtype=np.float64)
         off = np.concatenate(([0], np.cumsum([b.shape[0] for b in gts]))).astype(np.int64)
+        # numba-compiled kernel: imported here so `import lesionsweep.metrics` skips numba
+        from .histkernels import nih_tallies
+
         status, f_iobb, f_iou, fp_iobb, fp_any = nih_tallies(
             np.ascontiguousarray(maps),
             np.asarray(self.levels, dtype=np.float64),

@@ -4,11 +4,11 @@ They are the straightforward transcriptions of the definitions - one ``cv2.findC
 whole map at every distinct threshold (wsolevaluation's loop), one ``np.searchsorted`` per pixel
 for the PxAP histograms, ``cv2.connectedComponentsWithStats`` for Wang's boxes - kept so that the
 fast evaluators of :mod:`.wsol` and :mod:`.nih` are tested for equality against them on random
-maps (``tests/unit/test_metrics_speed.py``) and timed side by side with them
+maps (``tests/unit/test_metrics_fast_equals_reference.py``) and timed side by side with them
 (``benchmarks/bench_metrics.py``). Nothing in the training path uses this module.
 
-Each reference evaluator subclasses the fast one and replaces only the per-map kernel, so
-``compute()`` (units, keys) is shared and results compare with ``==``.
+Each reference evaluator subclasses the fast one and replaces only ``accumulate`` with the
+per-map code, so ``compute()`` (units, keys) is shared and results compare with ``==``.
 """
 
 from __future__ import annotations

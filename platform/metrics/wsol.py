@@ -29,13 +29,16 @@ Score-map pipeline (per GT-known map):
    on the evaluated split (an oracle threshold, by design of the metric). The boxes of all
    thresholds come from one pass over the map (:mod:`.levelsets`, the closed form of those
    contours' boxes), not one contour search per threshold; the slow per-threshold search is kept
-   in :mod:`.reference` and the two are tested equal.
+   in :mod:`.reference` and the two are tested equal. :meth:`MaxBoxAccV2Evaluator.accumulate`
+   scores a whole batch in one compiled call (quantisation, levels, boxes and IoU fused;
+   :func:`~lesionsweep.metrics.levelsets.maxbox_counts`).
 3. PxAP (:class:`PxAPEvaluator`): histograms of the normalised scores at GT-positive and
    GT-negative pixels (ignored pixels dropped) over the bins ``[0, b), [b, 2b), ..., [1-b, 1),
    [1, 2), [2, 3]``; precision/recall at each bin edge, ``AP = sum precision[i] * (recall[i] -
    recall[i-1])`` over edges with at least one predicted positive, a fraction in [0, 1]
-   (wsolevaluation multiplies by 100). Each pixel's bin comes from ``floor(v / b)``, made exact
-   next to the edges, and one ``bincount`` (:meth:`PxAPEvaluator.bin_index`).
+   (wsolevaluation multiplies by 100). The histograms of a batch come from one compiled pass
+   (:func:`~lesionsweep.metrics.histkernels.pxap_histograms`: ``floor(v / b)`` corrected by
+   exact comparisons with the edges, i.e. ``searchsorted(edges, v, "right") - 1``).
 
 Every metric of lesionsweep is a fraction in [0, 1] (or a count); none is in percent.
 """
@@ -50,8 +53,6 @@ import cv2
 import numpy as np
 
 from .common import MetricInputError, as_box_list, check_maps, to_numpy
-from .histkernels import pxap_histograms
-from .levelsets import level_boxes, maxbox_counts
 
 __all__ = [
     "check_scoremap_validity",
@@ -205,6 +206,9 @@ class _Levels:
 
     def all_boxes(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(level index [M], boxes [M, 4])`` of every contour of every level, in one pass."""
+        # numba-compiled kernel: imported here so `import lesionsweep.metrics` skips numba
+        from .levelsets import level_boxes
+
         return level_boxes(self.level_image(image), len(self.levels))
 
     def largest_contour_box(self, image: np.ndarray, k: int) -> np.ndarray:
@@ -404,6 +408,9 @@ class MaxBoxAccV2Evaluator:
         gt = np.concatenate(gts).astype(np.int64)
         check_box_convention(gt, "x0y0x1y1")  # what calculate_multiple_iou raises
         if self.multi_contour_eval:
+            # numba-compiled kernel: imported here so `import lesionsweep.metrics` skips numba
+            from .levelsets import maxbox_counts
+
             off = np.concatenate(([0], np.cumsum([g.shape[0] for g in gts]))).astype(np.int64)
             none = np.zeros((0, 1, 1))
             if maps.dtype == np.float64:  # quantised in the kernel, fused with the range check
@@ -502,7 +509,7 @@ class PxAPEvaluator:
         return idx
 
     def accumulate(self, scoremaps: Any, gt_masks: Any, ignore_masks: Any | None = None) -> None:
-        """Add maps with their GT masks: one bin index per pixel, one ``bincount``.
+        """Add maps with their GT masks: one compiled pass over the batch's pixels.
 
         Args:
             scoremaps: float ``[N, H, W]`` in [0, 1].
@@ -521,6 +528,9 @@ class PxAPEvaluator:
             if ign.shape != maps.shape:
                 raise MetricInputError(f"PxAP: ignore masks {ign.shape} != maps {maps.shape}")
             ignore = np.ascontiguousarray(ign).reshape(-1).view(np.uint8)
+        # numba-compiled kernel: imported here so `import lesionsweep.metrics` skips numba
+        from .histkernels import pxap_histograms
+
         bad = pxap_histograms(
             np.ascontiguousarray(maps, dtype=np.float64).reshape(-1),
             np.ascontiguousarray(gt).reshape(-1).view(np.uint8),
