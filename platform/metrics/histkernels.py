@@ -35,32 +35,24 @@ def pxap_histograms(maps, gt, ignore, edges, inv_step, hist_false, hist_true) ->
         0, or 1 if a value is NaN or outside [0, 1] (then nothing is added).
     """
     n = maps.shape[0]
+    n_bins = hist_false.shape[0]
+    use_ignore = ignore.shape[0] == n
+    counts = np.zeros(2 * n_bins, np.int64)  # [2 * bin + (GT-positive)], no branch on gt
     for i in range(n):
         v = maps[i]
         if not (v >= 0.0 and v <= 1.0):
-            return 1
-    n_bins = hist_false.shape[0]
-    use_ignore = ignore.shape[0] == n
-    cf = np.zeros(n_bins, np.int64)
-    ct = np.zeros(n_bins, np.int64)
-    for i in range(n):
+            return 1  # before anything is added
         if use_ignore and ignore[i] != 0:
             continue
-        v = maps[i]
-        k = int(v * inv_step)
-        if k > n_bins - 1:
-            k = n_bins - 1
+        k = min(int(v * inv_step), n_bins - 1)
         while edges[k + 1] <= v:
             k += 1
         while edges[k] > v:
             k -= 1
-        if gt[i] != 0:
-            ct[k] += 1
-        else:
-            cf[k] += 1
+        counts[2 * k + (gt[i] != 0)] += 1
     for k in range(n_bins):
-        hist_false[k] += cf[k]
-        hist_true[k] += ct[k]
+        hist_false[k] += counts[2 * k]
+        hist_true[k] += counts[2 * k + 1]
     return 0
 
 
