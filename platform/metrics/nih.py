@@ -8,6 +8,10 @@ convention (``lesionsweep.data.types``): a component spanning pixel columns ``a.
 ``x0 = a, x1 = b + 1``, so predicted and GT boxes are compared in the same continuous space, and
 areas have no "+1" (area = ``(x1 - x0) * (y1 - y0)``).
 
+:class:`NihBoxEvaluator` computes the boxes and the counts below for a whole batch in one compiled
+call (:func:`~lesionsweep.metrics.histkernels.nih_tallies`, tested equal to the per-map code of
+:class:`~lesionsweep.metrics.reference.ReferenceNihBoxEvaluator`).
+
 Scores (:class:`NihBoxEvaluator`):
 
 * ``IoU = |P ∩ G| / |P ∪ G|``, ``IoBB = |P ∩ G| / |P|`` (overlap over the predicted box area).
@@ -202,37 +206,52 @@ class NihBoxEvaluator:
             gt_boxes: N float arrays ``[G_i, 4]`` (G_i >= 1): the GT boxes of that class in that
                 image, continuous ``(x0, y0, x1, y1)`` in the heatmap's pixels.
         """
-        norm = self._normalize(heatmaps)
+        maps = to_numpy(heatmaps, np.float64)
+        if maps.ndim != 3:
+            check_maps(maps, "NIH box accuracy", ndim=3)
+        cls, gts = self._check_pairs(maps.shape[0], class_indices, gt_boxes)
+        if maps.shape[0] == 0:
+            return
+        gt = np.ascontiguousarray(np.concatenate(gts), dtype=np.float64)
+        off = np.concatenate(([0], np.cumsum([b.shape[0] for b in gts]))).astype(np.int64)
+        # numba-compiled kernel: imported here so `import lesionsweep.metrics` skips numba
+        from .histkernels import nih_tallies
+
+        status, f_iobb, f_iou, fp_iobb, fp_any = nih_tallies(
+            np.ascontiguousarray(maps),
+            np.asarray(self.levels, dtype=np.float64),
+            gt,
+            off,
+            self.iobb_thresholds,
+            self.iou_thresholds,
+        )
+        if status:  # NaN/inf: the check names what is wrong
+            check_maps(maps, "NIH box accuracy", ndim=3)
+        n_gt = np.diff(off)
+        for s, tally in enumerate([*self._per_level.values(), self._union]):
+            np.add.at(tally.gt, cls, n_gt)
+            np.add.at(tally.pairs, cls, 1)
+            np.add.at(tally.found_iobb, cls, f_iobb[:, s])
+            np.add.at(tally.found_iou, cls, f_iou[:, s])
+            np.add.at(tally.fp_iobb, cls, fp_iobb[:, s])
+            np.add.at(tally.fp_any, cls, fp_any[:, s])
+
+    def _check_pairs(
+        self, n: int, class_indices: Any, gt_boxes: Sequence[Any]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """int64 ``[n]`` class indices and ``n`` float64 ``[G_i, 4]`` GT boxes (G_i >= 1)."""
         cls = to_numpy(class_indices, np.int64).reshape(-1)
-        gts = as_box_list(gt_boxes, "NIH box accuracy", norm.shape[0])
-        if cls.shape[0] != norm.shape[0]:
-            raise MetricInputError(
-                f"NIH box accuracy: {cls.shape[0]} class indices for {norm.shape[0]} maps"
-            )
+        gts = as_box_list(gt_boxes, "NIH box accuracy", n)
+        if cls.shape[0] != n:
+            raise MetricInputError(f"NIH box accuracy: {cls.shape[0]} class indices for {n} maps")
         if cls.size and (cls.min() < 0 or cls.max() >= len(self.class_names)):
             raise MetricInputError(
                 f"NIH box accuracy: class indices must be in [0, {len(self.class_names)}), "
                 f"got {cls.min()}..{cls.max()}"
             )
-        for hm, c, gt in zip(norm, cls, gts, strict=True):
-            if gt.shape[0] == 0:
-                raise MetricInputError("NIH box accuracy: every map needs at least one GT box")
-            by_level = self._level_boxes(hm)
-            for lv, boxes in by_level.items():
-                self._per_level[lv].add(
-                    int(c), boxes, gt, self.iobb_thresholds, self.iou_thresholds
-                )
-            union = np.concatenate(list(by_level.values()), axis=0)
-            if union.shape[0]:
-                union = np.unique(union, axis=0)
-            self._union.add(int(c), union, gt, self.iobb_thresholds, self.iou_thresholds)
-
-    def _normalize(self, heatmaps: Any) -> np.ndarray:
-        return normalize_to_255(heatmaps)
-
-    def _level_boxes(self, norm: np.ndarray) -> dict[float, np.ndarray]:
-        """``{level: boxes}`` of one map already on the [0, 255] scale."""
-        return nih_boxes_from_heatmap(norm, self.levels, normalized=True)
+        if any(g.shape[0] == 0 for g in gts):
+            raise MetricInputError("NIH box accuracy: every map needs at least one GT box")
+        return cls, gts
 
     def compute(self) -> dict[str, float]:
         """Flat results (accuracies in [0, 1]; NaN for classes without GT boxes).

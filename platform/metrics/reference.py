@@ -4,11 +4,11 @@ They are the straightforward transcriptions of the definitions - one ``cv2.findC
 whole map at every distinct threshold (wsolevaluation's loop), one ``np.searchsorted`` per pixel
 for the PxAP histograms, ``cv2.connectedComponentsWithStats`` for Wang's boxes - kept so that the
 fast evaluators of :mod:`.wsol` and :mod:`.nih` are tested for equality against them on random
-maps (``tests/unit/test_metrics_speed.py``) and timed side by side with them
+maps (``tests/unit/test_metrics_fast_equals_reference.py``) and timed side by side with them
 (``benchmarks/bench_metrics.py``). Nothing in the training path uses this module.
 
-Each reference evaluator subclasses the fast one and replaces only the per-map kernel, so
-``compute()`` (units, keys) is shared and results compare with ``==``.
+Each reference evaluator subclasses the fast one and replaces only ``accumulate`` with the
+per-map code, so ``compute()`` (units, keys) is shared and results compare with ``==``.
 """
 
 from __future__ import annotations
@@ -130,8 +130,19 @@ class ReferenceNihBoxEvaluator(NihBoxEvaluator):
     """:class:`NihBoxEvaluator` with the ``np.where`` normalisation and Wang's boxes from
     ``connectedComponentsWithStats``."""
 
-    def _normalize(self, heatmaps: Any) -> np.ndarray:
-        return reference_normalize_to_255(heatmaps)
+    def accumulate(self, heatmaps: Any, class_indices: Any, gt_boxes: Sequence[Any]) -> None:
+        norm = reference_normalize_to_255(heatmaps)
+        cls, gts = self._check_pairs(norm.shape[0], class_indices, gt_boxes)
+        for hm, c, gt in zip(norm, cls, gts, strict=True):
+            by_level = self._level_boxes(hm)
+            for lv, boxes in by_level.items():
+                self._per_level[lv].add(
+                    int(c), boxes, gt, self.iobb_thresholds, self.iou_thresholds
+                )
+            union = np.concatenate(list(by_level.values()), axis=0)
+            if union.shape[0]:
+                union = np.unique(union, axis=0)
+            self._union.add(int(c), union, gt, self.iobb_thresholds, self.iou_thresholds)
 
     def _level_boxes(self, norm: np.ndarray) -> dict[float, np.ndarray]:
         return {lv: reference_component_boxes((norm > lv).astype(np.uint8)) for lv in self.levels}

@@ -29,13 +29,16 @@ Score-map pipeline (per GT-known map):
    on the evaluated split (an oracle threshold, by design of the metric). The boxes of all
    thresholds come from one pass over the map (:mod:`.levelsets`, the closed form of those
    contours' boxes), not one contour search per threshold; the slow per-threshold search is kept
-   in :mod:`.reference` and the two are tested equal.
+   in :mod:`.reference` and the two are tested equal. :meth:`MaxBoxAccV2Evaluator.accumulate`
+   scores a whole batch in one compiled call (quantisation, levels, boxes and IoU fused;
+   :func:`~lesionsweep.metrics.levelsets.maxbox_counts`).
 3. PxAP (:class:`PxAPEvaluator`): histograms of the normalised scores at GT-positive and
    GT-negative pixels (ignored pixels dropped) over the bins ``[0, b), [b, 2b), ..., [1-b, 1),
    [1, 2), [2, 3]``; precision/recall at each bin edge, ``AP = sum precision[i] * (recall[i] -
    recall[i-1])`` over edges with at least one predicted positive, a fraction in [0, 1]
-   (wsolevaluation multiplies by 100). Each pixel's bin comes from ``floor(v / b)``, made exact
-   next to the edges, and one ``bincount`` (:meth:`PxAPEvaluator.bin_index`).
+   (wsolevaluation multiplies by 100). The histograms of a batch come from one compiled pass
+   (:func:`~lesionsweep.metrics.histkernels.pxap_histograms`: ``floor(v / b)`` corrected by
+   exact comparisons with the edges, i.e. ``searchsorted(edges, v, "right") - 1``).
 
 Every metric of lesionsweep is a fraction in [0, 1] (or a count); none is in percent.
 """
@@ -50,7 +53,6 @@ import cv2
 import numpy as np
 
 from .common import MetricInputError, as_box_list, check_maps, to_numpy
-from .levelsets import level_boxes
 
 __all__ = [
     "check_scoremap_validity",
@@ -204,6 +206,9 @@ class _Levels:
 
     def all_boxes(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(level index [M], boxes [M, 4])`` of every contour of every level, in one pass."""
+        # numba-compiled kernel: imported here so `import lesionsweep.metrics` skips numba
+        from .levelsets import level_boxes
+
         return level_boxes(self.level_image(image), len(self.levels))
 
     def largest_contour_box(self, image: np.ndarray, k: int) -> np.ndarray:
@@ -392,15 +397,37 @@ class MaxBoxAccV2Evaluator:
                 maps' pixels (see :func:`boxes_to_wsol_convention`).
         """
         maps = to_numpy(scoremaps)
-        check_maps(maps, "MaxBoxAccV2", ndim=3, value_range=(0.0, 1.0))
+        if maps.ndim != 3 or maps.dtype != np.float64:
+            check_maps(maps, "MaxBoxAccV2", ndim=3, value_range=(0.0, 1.0))
         gts = as_box_list(gt_boxes, "MaxBoxAccV2", maps.shape[0])
-        deltas = np.asarray(self.iou_thresholds, dtype=np.float64)[:, None] / 100.0
+        if any(g.shape[0] == 0 for g in gts):
+            raise MetricInputError("MaxBoxAccV2: every map needs at least one GT box")
+        if maps.shape[0] == 0:
+            return
+        deltas = np.asarray(self.iou_thresholds, dtype=np.float64) / 100.0
+        gt = np.concatenate(gts).astype(np.int64)
+        check_box_convention(gt, "x0y0x1y1")  # what calculate_multiple_iou raises
+        if self.multi_contour_eval:
+            # numba-compiled kernel: imported here so `import lesionsweep.metrics` skips numba
+            from .levelsets import maxbox_counts
+
+            off = np.concatenate(([0], np.cumsum([g.shape[0] for g in gts]))).astype(np.int64)
+            none = np.zeros((0, 1, 1))
+            if maps.dtype == np.float64:  # quantised in the kernel, fused with the range check
+                maps64, images = np.ascontiguousarray(maps), none.astype(np.uint8)
+            else:  # numpy's uint8(map * 255) in the maps' own precision
+                maps64, images = none, np.ascontiguousarray((maps * 255).astype(np.uint8))
+            if not maxbox_counts(
+                maps64, images, gt, off, self.thresholds, deltas, self.num_correct
+            ):
+                check_maps(maps, "MaxBoxAccV2", ndim=3, value_range=(0.0, 1.0))  # raises
+            self.count += maps.shape[0]
+            return
+        check_maps(maps, "MaxBoxAccV2", ndim=3, value_range=(0.0, 1.0))
         images = (maps * 255).astype(np.uint8)
-        for image, gt in zip(images, gts, strict=True):
-            if gt.shape[0] == 0:
-                raise MetricInputError("MaxBoxAccV2: every map needs at least one GT box")
-            best = self._best_ious(image, gt.astype(np.int64))  # [n_tau]
-            self.num_correct += best[None, :] >= deltas
+        for image, g in zip(images, gts, strict=True):
+            best = self._best_ious(image, g.astype(np.int64))  # [n_tau]
+            self.num_correct += best[None, :] >= deltas[:, None]
             self.count += 1
 
     def _best_ious(self, image: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -482,7 +509,7 @@ class PxAPEvaluator:
         return idx
 
     def accumulate(self, scoremaps: Any, gt_masks: Any, ignore_masks: Any | None = None) -> None:
-        """Add maps with their GT masks: one bin index per pixel, one ``bincount``.
+        """Add maps with their GT masks: one compiled pass over the batch's pixels.
 
         Args:
             scoremaps: float ``[N, H, W]`` in [0, 1].
@@ -490,19 +517,31 @@ class PxAPEvaluator:
             ignore_masks: optional bool ``[N, H, W]``; True pixels are left out.
         """
         maps = to_numpy(scoremaps)
-        check_maps(maps, "PxAP", ndim=3, value_range=(0.0, 1.0))
+        if maps.ndim != 3 or maps.dtype != np.float64:
+            check_maps(maps, "PxAP", ndim=3, value_range=(0.0, 1.0))
         gt = to_numpy(gt_masks).astype(bool, copy=False)
         if gt.shape != maps.shape:
             raise MetricInputError(f"PxAP: masks {gt.shape} do not match maps {maps.shape}")
-        key = self.bin_index(maps) * 2 + gt  # [N, H, W]: 2 * bin + (GT-positive)
+        ignore = np.zeros(0, np.uint8)
         if ignore_masks is not None:
-            ignore = to_numpy(ignore_masks).astype(bool, copy=False)
-            if ignore.shape != maps.shape:
-                raise MetricInputError(f"PxAP: ignore masks {ignore.shape} != maps {maps.shape}")
-            key = key[~ignore]
-        counts = np.bincount(key.ravel(), minlength=2 * len(self.gt_true_hist)).reshape(-1, 2)
-        self.gt_false_hist += counts[:, 0]
-        self.gt_true_hist += counts[:, 1]
+            ign = to_numpy(ignore_masks).astype(bool, copy=False)
+            if ign.shape != maps.shape:
+                raise MetricInputError(f"PxAP: ignore masks {ign.shape} != maps {maps.shape}")
+            ignore = np.ascontiguousarray(ign).reshape(-1).view(np.uint8)
+        # numba-compiled kernel: imported here so `import lesionsweep.metrics` skips numba
+        from .histkernels import pxap_histograms
+
+        bad = pxap_histograms(
+            np.ascontiguousarray(maps, dtype=np.float64).reshape(-1),
+            np.ascontiguousarray(gt).reshape(-1).view(np.uint8),
+            ignore,
+            self.bin_edges,
+            1.0 / self.step,
+            self.gt_false_hist,
+            self.gt_true_hist,
+        )
+        if bad:  # NaN/inf or out of range: the check names what is wrong
+            check_maps(maps, "PxAP", ndim=3, value_range=(0.0, 1.0))
 
     def compute(self) -> dict[str, float]:
         """``pxap`` in [0, 1]; NaN if no GT-positive pixel (wsolevaluation raises there)."""

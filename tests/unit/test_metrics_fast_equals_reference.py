@@ -149,3 +149,102 @@ def test_nih_normalisation_is_bitwise_the_reference() -> None:
     rng = np.random.default_rng(2)
     maps = _random_maps(rng, 20, 9, 14) * rng.uniform(-50, 50) + rng.normal()
     np.testing.assert_array_equal(normalize_to_255(maps), reference_normalize_to_255(maps))
+
+
+def _adversarial_maps() -> list[np.ndarray]:
+    """Maps whose level sets have nested components and holes, 1-px lines, shapes on the
+    border, checkerboards (diagonal-only contacts), single pixels and constant maps."""
+    maps = []
+    rings = np.zeros((15, 15))
+    for r, v in enumerate((0.2, 0.0, 0.6, 0.0, 1.0, 0.3, 0.9)):  # concentric squares
+        rings[r : 15 - r, r : 15 - r] = v
+    maps.append(rings)
+    checker = (np.indices((9, 12)).sum(axis=0) % 2).astype(np.float64)
+    maps.append(checker)
+    maps.append(checker * np.linspace(0.1, 1.0, 12)[None, :])
+    lines = np.zeros((11, 13))
+    lines[::2, :] = 0.5  # full-width 1-px rows
+    lines[:, 6] = 1.0  # one column joining them
+    maps.append(lines)
+    border = np.zeros((8, 10))
+    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = 0.8  # a frame on the edge
+    border[3:5, 4:6] = 1.0
+    maps.append(border)
+    spiral = np.zeros((12, 12))
+    spiral[1, 1:11] = spiral[1:11, 10] = spiral[10, 2:11] = spiral[3:11, 2] = 0.7
+    spiral[3, 2:9] = spiral[3:9, 8] = spiral[8, 4:9] = spiral[5:9, 4] = 0.7
+    maps.append(spiral)
+    diag = np.eye(10)[:, ::-1] * 0.9 + np.eye(10) * 0.4  # an X of 8-connected pixels
+    maps.append(np.minimum(diag, 1.0))
+    dot = np.zeros((5, 6))
+    dot[2, 3] = 1.0
+    maps.append(dot)
+    maps.append(np.ones((6, 7)))
+    maps.append(np.zeros((6, 7)))
+    maps.append(np.full((1, 1), 0.4))
+    return maps
+
+
+def test_level_boxes_equal_find_contours_on_adversarial_maps() -> None:
+    taus = np.arange(0, 1, 0.01)
+    rng = np.random.default_rng(11)
+    maps = _adversarial_maps()
+    maps += [np.clip(m + rng.normal(scale=0.05, size=m.shape), 0, 1) for m in maps]
+    for scoremap in maps:
+        ours, counts = compute_bboxes_from_scoremaps(scoremap, taus, multi_contour_eval=True)
+        ref, ref_counts = reference_mine_boxes((scoremap * 255).astype(np.uint8), taus, True)
+        assert counts == ref_counts
+        for a, b in zip(ours, ref, strict=True):
+            assert sorted(map(tuple, a.tolist())) == sorted(map(tuple, b.tolist()))
+
+
+def test_fast_evaluators_equal_reference_on_adversarial_and_float32_maps() -> None:
+    """Every batch goes through the compiled batch kernels; float32 maps are quantised in
+    their own precision exactly as ``uint8(map * 255)`` does."""
+    rng = np.random.default_rng(12)
+    by_shape: dict[tuple[int, ...], list[np.ndarray]] = {}
+    for m in _adversarial_maps():
+        by_shape.setdefault(m.shape, []).append(m)
+    by_shape[(30, 40)] = list(_random_maps(rng, 10, 30, 40))
+    for shape, group in by_shape.items():
+        maps = np.stack(group)
+        boxes = _random_boxes(rng, len(maps), *shape)
+        for arr in (maps, maps.astype(np.float32)):
+            fast, ref = MaxBoxAccV2Evaluator(), ReferenceMaxBoxAccV2Evaluator()
+            fast.accumulate(arr, boxes)
+            ref.accumulate(arr, boxes)
+            np.testing.assert_array_equal(fast.num_correct, ref.num_correct)
+            gt = rng.random(arr.shape) < 0.4
+            pf, pr = PxAPEvaluator(), ReferencePxAPEvaluator()
+            pf.accumulate(arr, gt)
+            pr.accumulate(arr, gt)
+            np.testing.assert_array_equal(pf.gt_true_hist, pr.gt_true_hist)
+            np.testing.assert_array_equal(pf.gt_false_hist, pr.gt_false_hist)
+            names = ("a", "b")
+            nf, nr = NihBoxEvaluator(names), ReferenceNihBoxEvaluator(names)
+            classes = np.arange(len(arr)) % 2
+            fboxes = [b.astype(np.float64) + 0.5 for b in boxes]
+            nf.accumulate(arr, classes, fboxes)
+            nr.accumulate(arr, classes, fboxes)
+            assert _same(nf.compute(), nr.compute())
+
+
+def test_batch_kernels_reject_nan_and_out_of_range_without_counting() -> None:
+    maps = np.random.default_rng(13).random((3, 8, 9))
+    maps[2, 4, 4] = np.nan
+    mb, px, nih = MaxBoxAccV2Evaluator(), PxAPEvaluator(), NihBoxEvaluator(("a",))
+    boxes = [np.array([[1, 1, 4, 4]])] * 3
+    with pytest.raises(ValueError, match="NaN"):
+        mb.accumulate(maps, boxes)
+    with pytest.raises(ValueError, match="NaN"):
+        px.accumulate(maps, maps > 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        nih.accumulate(maps, [0, 0, 0], boxes)
+    maps[2, 4, 4] = 1.5
+    with pytest.raises(ValueError, match=r"\[0.0, 1.0\]"):
+        mb.accumulate(maps, boxes)
+    with pytest.raises(ValueError, match=r"\[0.0, 1.0\]"):
+        px.accumulate(maps, maps > 0.5)
+    assert mb.count == 0 and mb.num_correct.sum() == 0
+    assert px.gt_true_hist.sum() == 0 and px.gt_false_hist.sum() == 0
+    assert nih.compute()["nih_num_boxes"] == 0
