@@ -25,7 +25,7 @@ from torch import nn
 
 from .backbones import Backbone, create_backbone
 from .base import Method, MethodOutput, register_method
-from .pooling import Pooling, create_pooling, pooling_names
+from .pooling import POOL_ON, Pooling, create_pooling, pool_logits, pooling_names
 
 __all__ = ["CAM", "build_backbone", "build_pooling", "make_classifier", "check_input"]
 
@@ -81,14 +81,25 @@ def build_pooling(
     fc_drop: float,
     num_features: int,
     num_classes: int,
+    wildcat_halve: bool,
+    pool_on: str,
 ) -> Pooling:
     """Map a method's flat pooling knobs to a pooling module.
 
     ``lse_r`` is used only by ``lse``, ``wildcat_*`` only by ``wildcat``; ``fc_bn``/``fc_drop``
     act on PCAM's pooled feature vector and raise :class:`ConfigError` with any other pooling.
+    ``pool_on`` (checked here, applied by :func:`~lesionsweep.methods.pooling.pool_logits`) is
+    ``"map"`` or ``"features"``; PCAM has the first only.
     """
     if pooling not in pooling_names():
         raise ConfigError(f"unknown pooling {pooling!r}; allowed: {', '.join(pooling_names())}")
+    if pool_on not in POOL_ON:
+        raise ConfigError(f"pool_on must be one of {', '.join(POOL_ON)}; got {pool_on!r}")
+    if pooling == "pcam" and pool_on != "map":
+        raise ConfigError(
+            "pool_on='features' needs pooling gap, gmp, lse or wildcat; PCAM already pools the "
+            "features with its own weights (use pool_on='map' with pooling='pcam')"
+        )
     if pooling != "pcam" and (fc_bn or fc_drop):
         raise ConfigError(
             f"fc_bn / fc_drop act on PCAM's pooled feature vector and need pooling='pcam', "
@@ -98,7 +109,12 @@ def build_pooling(
     if pooling == "lse":
         kwargs = {"r": lse_r}
     elif pooling == "wildcat":
-        kwargs = {"kmax": wildcat_kmax, "kmin": wildcat_kmin, "alpha": wildcat_alpha}
+        kwargs = {
+            "kmax": wildcat_kmax,
+            "kmin": wildcat_kmin,
+            "alpha": wildcat_alpha,
+            "halve": wildcat_halve,
+        }
     elif pooling == "pcam":
         kwargs = {
             "fc_bn": fc_bn,
@@ -133,8 +149,15 @@ class CAM(Method):
         output_stride: timm ``output_stride`` (8/16) for a larger map on models that support
             dilation (ResNets); None keeps the model's native stride.
         pooling: one of gap, gmp, lse, pcam, wildcat.
+        pool_on: ``"map"`` pools the class logit map S (image logit ``pool(S)``); ``"features"``
+            pools the feature map F and then classifies (``W pool(F) + b``), the order of Wang et
+            al.'s LSE network and of the PCAM repository's LSE/MAX poolings (see
+            :mod:`lesionsweep.methods.pooling`). Equal for gap; pcam has "map" only. The maps
+            are S either way.
         lse_r: LSE sharpness r (pooling="lse").
         wildcat_kmax, wildcat_kmin, wildcat_alpha: WILDCAT knobs (pooling="wildcat").
+        wildcat_halve: WILDCAT as Durand's code, ``(top + alpha * bottom) / 2`` when the bottom
+            term is active; False is the paper's sum.
         fc_bn, fc_drop: batch-norm / dropout on PCAM's pooled feature vector (pooling="pcam").
 
     Output: logits ``[B, K]``; maps = S ``[B, K, h, w]`` (logits); extras empty.
@@ -152,15 +175,18 @@ class CAM(Method):
         feature_index: int = -1,
         output_stride: int | None = None,
         pooling: str = "gap",
+        pool_on: str = "map",
         lse_r: float = 10.0,
         wildcat_kmax: float = 0.1,
         wildcat_kmin: float = 0.0,
         wildcat_alpha: float = 0.0,
+        wildcat_halve: bool = False,
         fc_bn: bool = False,
         fc_drop: float = 0.0,
     ) -> None:
         super().__init__(num_classes, criterion)
         self.in_chans = int(in_chans)
+        self.pool_on = pool_on
         self.backbone = build_backbone(
             backbone, self.in_chans, pretrained, (int(feature_index),), output_stride, "cam"
         )
@@ -173,15 +199,17 @@ class CAM(Method):
             wildcat_kmax=wildcat_kmax,
             wildcat_kmin=wildcat_kmin,
             wildcat_alpha=wildcat_alpha,
+            wildcat_halve=wildcat_halve,
             fc_bn=fc_bn,
             fc_drop=fc_drop,
             num_features=channels,
             num_classes=self.num_classes,
+            pool_on=pool_on,
         )
 
     def forward(self, x: torch.Tensor) -> MethodOutput:
         check_input(x, self.in_chans, "cam")
         feats = self.backbone(x)[-1]  # [B, C, h, w]
         logit_map = self.classifier(feats)  # [B, K, h, w]
-        logits = self.pool(logit_map, features=feats, classifier=self.classifier)
+        logits = pool_logits(self.pool, self.pool_on, feats, logit_map, self.classifier)
         return MethodOutput(logits=logits, maps=logit_map, extras={})
