@@ -52,8 +52,12 @@ eval too, so the loss can be evaluated): one full-size and two ``classifier_scal
 passes (1.5× a plain forward at scale 0.5).
 
 Recursive erasing (``erase_times`` = u > 0, training only, methods.md section 6.2): the trust rule
-needs the labels, so it runs in :meth:`loss` (``extras["input"]`` carries the image; forward's X±
-are then computed without gradients and replaced). Round 0 reuses forward's localizer output; up to
+needs the labels, so it runs in :meth:`loss` (``extras["input"]`` carries the image). Forward then
+runs no classifier pass (as the reference: a discarded pass would still update the BatchNorm
+running statistics in train mode): its ``logits`` are the localizer's ``score_s`` and
+``positive_logits`` / ``negative_logits`` are absent until :meth:`loss` builds X± and writes the
+classifier's scores into ``output.extras`` (and ``output.logits`` with
+``logits_from="positive"``). Round 0 reuses forward's localizer output; up to
 u rounds run the localizer on the progressively erased image, each contributing its localizer loss
 (the rounds' losses are summed, as the code back-propagates each round), with per-sample trust
 ``exp(−r/sigma_erase) · 1[correct] · 1[loss_r ≤ loss_0] · p(ŷ)`` (a sample once wrong stays off),
@@ -182,8 +186,9 @@ class MinMaxEntropy(Method):
 
     ``forward(x [B, in_chans, H, W])`` returns logits ``[B, K]``, maps ``[B, K, h, w]`` (localizer
     class maps at the encoder's stride, float32) and extras ``localizer_logits``,
-    ``positive_logits``, ``negative_logits`` (``[B, K]``) and ``mask`` (``R+``, ``[B, 1, H, W]``);
-    plus ``input`` (the image) when training with erasing.
+    ``positive_logits``, ``negative_logits`` (``[B, K]``) and ``mask`` (``R+``, ``[B, 1, H, W]``).
+    Training with erasing: ``input`` (the image) instead of the two classifier scores, which
+    :meth:`loss` adds (see the module docstring).
     """
 
     map_kind: ClassVar[str] = "logits"
@@ -304,17 +309,16 @@ class MinMaxEntropy(Method):
             )
         scores_s, maps_s = self.localize(x)
         r_pos = self.soft_mask(scores_s, maps_s, x.shape[-2:])
-        extras: dict[str, torch.Tensor] = {}
-        erasing = self.training and self.erase_times > 0
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not erasing):
-            # with erasing, loss() rebuilds X± from the accumulated mask: no graph kept here
-            s_pos = self.classify(x * r_pos)
-            s_neg = self.classify(x * (1.0 - r_pos))
-        if erasing:
+        extras: dict[str, torch.Tensor] = {"localizer_logits": scores_s, "mask": r_pos}
+        if self.training and self.erase_times > 0:
+            # X± come from the accumulated mask, built in loss() (it needs the labels). As in the
+            # reference, the classifier runs only there: a pass here would be thrown away but,
+            # in train mode, would still update the encoder's BatchNorm running statistics.
             extras["input"] = x
-        extras.update(
-            localizer_logits=scores_s, positive_logits=s_pos, negative_logits=s_neg, mask=r_pos
-        )
+            return MethodOutput(logits=scores_s, maps=maps_s, extras=extras)
+        s_pos = self.classify(x * r_pos)
+        s_neg = self.classify(x * (1.0 - r_pos))
+        extras.update(positive_logits=s_pos, negative_logits=s_neg)
         logits = s_pos if self.logits_from == "positive" else scores_s
         return MethodOutput(logits=logits, maps=maps_s, extras=extras)
 
@@ -418,6 +422,9 @@ class MinMaxEntropy(Method):
         ex = output.extras
         if self.training and self.erase_times > 0 and "input" in ex:
             loc, s_pos, s_neg = self._erase(output, targets, target_mask)
+            ex.update(positive_logits=s_pos, negative_logits=s_neg)
+            if self.logits_from == "positive":
+                output.logits = s_pos
         else:
             loc = self._class_loss(ex["localizer_logits"], targets, target_mask)
             s_pos, s_neg = ex["positive_logits"], ex["negative_logits"]
