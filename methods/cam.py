@@ -16,6 +16,8 @@ min-max-normalised maps are not).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import timm
@@ -164,6 +166,10 @@ class CAM(Method):
     """
 
     map_kind: ClassVar[str] = "logits"
+    #: at 96-256 px the deepest stage leaves 3x3-8x8 cells: classify the stride-16 stage, LSE
+    small_scale_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"feature_index": -2, "pooling": "lse"}
+    )
 
     def __init__(
         self,

@@ -46,10 +46,11 @@ The code's quirks are the defaults; the paper's reading is an option:
 Image logits (``MethodOutput.logits``): with ``logits_from="positive"`` (default) the classifier's
 scores on ``X+``, which is what the code predicts with and selects models by (classification error
 of ``out_pos``); ``"localizer"`` gives ``score_s``. ``maps`` are the localizer's class maps
-``maps_s`` ``[B, K, H/32, W/32]`` (``map_kind="logits"``, the maps ``score_s`` pools); the paper
-evaluates the class-agnostic ``R+``, which is in ``extras["mask"]``. Forward always builds X± (in
-eval too, so the loss can be evaluated): one full-size and two ``classifier_scale``-size encoder
-passes (1.5× a plain forward at scale 0.5).
+``maps_s`` ``[B, K, H/r, W/r]`` (r = 32, or the stride of the ``feature_index`` stage;
+``map_kind="logits"``, the maps ``score_s`` pools); the paper evaluates the class-agnostic ``R+``,
+which is in ``extras["mask"]``. Forward always builds X± (in eval too, so the loss can be
+evaluated): one full-size and two ``classifier_scale``-size encoder passes (1.5× a plain forward
+at scale 0.5); in training with erasing see below.
 
 Recursive erasing (``erase_times`` = u > 0, training only, methods.md section 6.2): the trust rule
 needs the labels, so it runs in :meth:`loss` (``extras["input"]`` carries the image). Forward then
@@ -74,15 +75,17 @@ config (5 modalities, kmax = kmin = 0.09, dropout 0.75, σ = 0.5, w = 8, scale 0
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from lesionsweep.errors import ConfigError
 from torch import nn
 
-from .backbones import create_backbone
 from .base import Method, MethodOutput, register_method
+from .cam import build_backbone
 from .pooling import WildcatPool
 
 __all__ = ["MinMaxEntropy", "WildcatHead", "DropoutWildcatPool"]
@@ -166,7 +169,9 @@ class MinMaxEntropy(Method):
     Args:
         num_classes: K.
         criterion: classification loss for the positive and localizer terms (multilabel mode).
-        backbone: timm CNN; its deepest feature stage feeds both heads.
+        backbone: timm CNN; one of its feature stages feeds both heads.
+        feature_index: that stage (timm ``out_indices`` numbering; -1 = the deepest, stride 32,
+            as the reference; -2 = stride 16, a finer map for small images).
         pretrained: ImageNet weights from the local cache (``True``) or a weights file path.
         in_chans: image channels.
         modalities: WILDCAT modalities M per class.
@@ -192,6 +197,13 @@ class MinMaxEntropy(Method):
     """
 
     map_kind: ClassVar[str] = "logits"
+    #: resnet50d is too slow for a short CPU run; at 96-256 px the stride-32 map has 3x3-8x8
+    #: cells (the reference's 480 px crops give 15x15) and kmax = 0.09 keeps a single one, so
+    #: the localizer is a max pooling over border-dominated cells: use the stride-16 stage
+    #: (8x8 cells at 128 px, kmax keeps 6) and no dropout on the few selected values
+    small_scale_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"backbone": "resnet18", "feature_index": -2, "dropout": 0.0}
+    )
 
     def __init__(
         self,
@@ -200,6 +212,7 @@ class MinMaxEntropy(Method):
         backbone: str = "resnet50d",
         pretrained: bool | str = False,
         in_chans: int = 1,
+        feature_index: int = -1,
         modalities: int = 5,
         kmax: float = 0.09,
         kmin: float = 0.09,
@@ -251,8 +264,8 @@ class MinMaxEntropy(Method):
         self.sigma_erase = float(sigma_erase)
         self.logits_from = logits_from
 
-        self.encoder = create_backbone(
-            backbone, in_chans=self.in_chans, pretrained=pretrained, out_indices=(-1,)
+        self.encoder = build_backbone(
+            backbone, self.in_chans, pretrained, (int(feature_index),), None, "minmax_entropy"
         )
         channels = self.encoder.channels[-1]
 

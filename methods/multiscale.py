@@ -21,8 +21,9 @@ default ``(2, 3, 4)`` is strides 8, 16, 32 (ResNet layer2, layer3, layer4).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,10 @@ class MultiscaleCAM(Method):
     """
 
     map_kind: ClassVar[str] = "logits"
+    #: at 96-256 px the stride-32 stage leaves 3x3-8x8 cells: mix strides 8 and 16, LSE
+    small_scale_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"stages": "2,3", "pooling": "lse"}
+    )
 
     def __init__(
         self,

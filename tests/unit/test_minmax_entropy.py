@@ -348,3 +348,11 @@ def test_one_training_step_runs_the_localizer_per_round_and_the_classifier_twice
     for k, v in _bn_state(m).items():
         if k.endswith("num_batches_tracked"):  # one BN update per encoder pass, none thrown away
             assert int(v) - tracked[k] == calls["localize"] + calls["classify"], k
+
+
+def test_feature_index_sets_the_map_stride() -> None:
+    x = torch.randn(1, 1, 64, 64)
+    assert _mme().eval()(x).maps.shape[-2:] == (2, 2)  # deepest stage, stride 32 (the reference)
+    assert _mme(feature_index=-2).eval()(x).maps.shape[-2:] == (4, 4)  # stride 16
+    with pytest.raises(ConfigError, match="stage index"):
+        _mme(feature_index=9)
