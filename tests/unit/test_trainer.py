@@ -641,6 +641,7 @@ def test_small_scale_kwargs_are_constructor_arguments(name: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # PYLON at 256 px: about 3-4 min on 2 quiet cores
 @pytest.mark.parametrize("name", sorted(method_names()))
 def test_each_method_beats_chance_point_accuracy(name: str, tmp_path: Path) -> None:
     if name.startswith("_test"):
