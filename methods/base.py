@@ -22,8 +22,9 @@ config layer converts YAML values once, from the constructor annotations
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -75,6 +76,11 @@ class Method(nn.Module):
     #: names the staged runner of the training layer that runs its stages instead
     #: (:mod:`lesionsweep.training.runners`; e.g. ``"wsmis"``).
     runner: ClassVar[str | None] = None
+    #: constructor arguments for short CPU runs on small images (a 96-256 px phantom, a few
+    #: epochs), merged over the defaults by the slow learning test and quick demos. Only what
+    #: the small scale itself needs (a small backbone where the default is large, a stride-16
+    #: map where stride 32 leaves 3x3 cells); empty when the defaults already fit.
+    small_scale_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     def __init__(self, num_classes: int, criterion: nn.Module | None = None) -> None:
         super().__init__()

@@ -16,7 +16,9 @@ min-max-normalised maps are not).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 import timm
 import torch
@@ -25,7 +27,7 @@ from torch import nn
 
 from .backbones import Backbone, create_backbone
 from .base import Method, MethodOutput, register_method
-from .pooling import Pooling, PoolingName, create_pooling, pooling_names
+from .pooling import POOL_ON, Pooling, PoolingName, create_pooling, pool_logits, pooling_names
 
 __all__ = ["CAM", "build_backbone", "build_pooling", "make_classifier", "check_input"]
 
@@ -81,15 +83,26 @@ def build_pooling(
     fc_drop: float | None,
     num_features: int,
     num_classes: int,
+    wildcat_halve: bool | None,
+    pool_on: str,
 ) -> Pooling:
     """Map a method's flat pooling knobs to a pooling module.
 
     ``lse_r`` is used only by ``lse``, ``wildcat_*`` only by ``wildcat``; ``fc_bn``/``fc_drop``
     act on PCAM's pooled feature vector and raise :class:`ConfigError` with any other pooling.
     A knob left at ``None`` takes the pooling constructor's default (defaults live there only).
+    ``pool_on`` (checked here, applied by :func:`~lesionsweep.methods.pooling.pool_logits`) is
+    ``"map"`` or ``"features"``; PCAM has the first only.
     """
     if pooling not in pooling_names():
         raise ConfigError(f"unknown pooling {pooling!r}; allowed: {', '.join(pooling_names())}")
+    if pool_on not in POOL_ON:
+        raise ConfigError(f"pool_on must be one of {', '.join(POOL_ON)}; got {pool_on!r}")
+    if pooling == "pcam" and pool_on != "map":
+        raise ConfigError(
+            "pool_on='features' needs pooling gap, gmp, lse or wildcat; PCAM already pools the "
+            "features with its own weights (use pool_on='map' with pooling='pcam')"
+        )
     if pooling != "pcam" and (fc_bn or fc_drop):
         raise ConfigError(
             f"fc_bn / fc_drop act on PCAM's pooled feature vector and need pooling='pcam', "
@@ -99,7 +112,12 @@ def build_pooling(
     if pooling == "lse":
         kwargs = {"r": lse_r}
     elif pooling == "wildcat":
-        kwargs = {"kmax": wildcat_kmax, "kmin": wildcat_kmin, "alpha": wildcat_alpha}
+        kwargs = {
+            "kmax": wildcat_kmax,
+            "kmin": wildcat_kmin,
+            "alpha": wildcat_alpha,
+            "halve": wildcat_halve,
+        }
     elif pooling == "pcam":
         kwargs = {
             "fc_bn": fc_bn,
@@ -134,14 +152,25 @@ class CAM(Method):
         output_stride: timm ``output_stride`` (8/16) for a larger map on models that support
             dilation (ResNets); None keeps the model's native stride.
         pooling: one of gap, gmp, lse, pcam, wildcat.
+        pool_on: ``"map"`` pools the class logit map S (image logit ``pool(S)``); ``"features"``
+            pools the feature map F and then classifies (``W pool(F) + b``), the order of Wang et
+            al.'s LSE network and of the PCAM repository's LSE/MAX poolings (see
+            :mod:`lesionsweep.methods.pooling`). Equal for gap; pcam has "map" only. The maps
+            are S either way.
         lse_r: LSE sharpness r (pooling="lse"); None: the pooling's own default.
         wildcat_kmax, wildcat_kmin, wildcat_alpha: WILDCAT knobs (pooling="wildcat").
+        wildcat_halve: WILDCAT as Durand's code, ``(top + alpha * bottom) / 2`` when the bottom
+            term is active; False is the paper's sum.
         fc_bn, fc_drop: batch-norm / dropout on PCAM's pooled feature vector (pooling="pcam").
 
     Output: logits ``[B, K]``; maps = S ``[B, K, h, w]`` (logits); extras empty.
     """
 
     map_kind: ClassVar[str] = "logits"
+    #: at 96-256 px the deepest stage leaves 3x3-8x8 cells: classify the stride-16 stage, LSE
+    small_scale_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"feature_index": -2, "pooling": "lse"}
+    )
 
     def __init__(
         self,
@@ -153,15 +182,18 @@ class CAM(Method):
         feature_index: int = -1,
         output_stride: int | None = None,
         pooling: PoolingName = "gap",
+        pool_on: Literal["map", "features"] = "map",
         lse_r: float | None = None,
         wildcat_kmax: float | None = None,
         wildcat_kmin: float | None = None,
         wildcat_alpha: float | None = None,
+        wildcat_halve: bool | None = None,
         fc_bn: bool | None = None,
         fc_drop: float | None = None,
     ) -> None:
         super().__init__(num_classes, criterion)
         self.in_chans = int(in_chans)
+        self.pool_on = pool_on
         self.backbone = build_backbone(
             backbone, self.in_chans, pretrained, (int(feature_index),), output_stride, "cam"
         )
@@ -174,15 +206,17 @@ class CAM(Method):
             wildcat_kmax=wildcat_kmax,
             wildcat_kmin=wildcat_kmin,
             wildcat_alpha=wildcat_alpha,
+            wildcat_halve=wildcat_halve,
             fc_bn=fc_bn,
             fc_drop=fc_drop,
             num_features=channels,
             num_classes=self.num_classes,
+            pool_on=pool_on,
         )
 
     def forward(self, x: torch.Tensor) -> MethodOutput:
         check_input(x, self.in_chans, "cam")
         feats = self.backbone(x)[-1]  # [B, C, h, w]
         logit_map = self.classifier(feats)  # [B, K, h, w]
-        logits = self.pool(logit_map, features=feats, classifier=self.classifier)
+        logits = pool_logits(self.pool, self.pool_on, feats, logit_map, self.classifier)
         return MethodOutput(logits=logits, maps=logit_map, extras={})

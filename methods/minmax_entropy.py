@@ -46,14 +46,19 @@ The code's quirks are the defaults; the paper's reading is an option:
 Image logits (``MethodOutput.logits``): with ``logits_from="positive"`` (default) the classifier's
 scores on ``X+``, which is what the code predicts with and selects models by (classification error
 of ``out_pos``); ``"localizer"`` gives ``score_s``. ``maps`` are the localizer's class maps
-``maps_s`` ``[B, K, H/32, W/32]`` (``map_kind="logits"``, the maps ``score_s`` pools); the paper
-evaluates the class-agnostic ``R+``, which is in ``extras["mask"]``. Forward always builds X± (in
-eval too, so the loss can be evaluated): one full-size and two ``classifier_scale``-size encoder
-passes (1.5× a plain forward at scale 0.5).
+``maps_s`` ``[B, K, H/r, W/r]`` (r = 32, or the stride of the ``feature_index`` stage;
+``map_kind="logits"``, the maps ``score_s`` pools); the paper evaluates the class-agnostic ``R+``,
+which is in ``extras["mask"]``. Forward always builds X± (in eval too, so the loss can be
+evaluated): one full-size and two ``classifier_scale``-size encoder passes (1.5× a plain forward
+at scale 0.5); in training with erasing see below.
 
 Recursive erasing (``erase_times`` = u > 0, training only, methods.md section 6.2): the trust rule
-needs the labels, so it runs in :meth:`loss` (``extras["input"]`` carries the image; forward's X±
-are then computed without gradients and replaced). Round 0 reuses forward's localizer output; up to
+needs the labels, so it runs in :meth:`loss` (``extras["input"]`` carries the image). Forward then
+runs no classifier pass (as the reference: a discarded pass would still update the BatchNorm
+running statistics in train mode): its ``logits`` are the localizer's ``score_s`` and
+``positive_logits`` / ``negative_logits`` are absent until :meth:`loss` builds X± and writes the
+classifier's scores into ``output.extras`` (and ``output.logits`` with
+``logits_from="positive"``). Round 0 reuses forward's localizer output; up to
 u rounds run the localizer on the progressively erased image, each contributing its localizer loss
 (the rounds' losses are summed, as the code back-propagates each round), with per-sample trust
 ``exp(−r/sigma_erase) · 1[correct] · 1[loss_r ≤ loss_0] · p(ŷ)`` (a sample once wrong stays off),
@@ -70,15 +75,17 @@ config (5 modalities, kmax = kmin = 0.09, dropout 0.75, σ = 0.5, w = 8, scale 0
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from lesionsweep.errors import ConfigError
 from torch import nn
 
-from .backbones import create_backbone
 from .base import Method, MethodOutput, register_method
+from .cam import build_backbone
 from .pooling import WildcatPool
 
 __all__ = ["MinMaxEntropy", "WildcatHead", "DropoutWildcatPool"]
@@ -162,7 +169,9 @@ class MinMaxEntropy(Method):
     Args:
         num_classes: K.
         criterion: classification loss for the positive and localizer terms (multilabel mode).
-        backbone: timm CNN; its deepest feature stage feeds both heads.
+        backbone: timm CNN; one of its feature stages feeds both heads.
+        feature_index: that stage (timm ``out_indices`` numbering; -1 = the deepest, stride 32,
+            as the reference; -2 = stride 16, a finer map for small images).
         pretrained: ImageNet weights from the local cache (``True``) or a weights file path.
         in_chans: image channels.
         modalities: WILDCAT modalities M per class.
@@ -182,11 +191,19 @@ class MinMaxEntropy(Method):
 
     ``forward(x [B, in_chans, H, W])`` returns logits ``[B, K]``, maps ``[B, K, h, w]`` (localizer
     class maps at the encoder's stride, float32) and extras ``localizer_logits``,
-    ``positive_logits``, ``negative_logits`` (``[B, K]``) and ``mask`` (``R+``, ``[B, 1, H, W]``);
-    plus ``input`` (the image) when training with erasing.
+    ``positive_logits``, ``negative_logits`` (``[B, K]``) and ``mask`` (``R+``, ``[B, 1, H, W]``).
+    Training with erasing: ``input`` (the image) instead of the two classifier scores, which
+    :meth:`loss` adds (see the module docstring).
     """
 
     map_kind: ClassVar[str] = "logits"
+    #: resnet50d is too slow for a short CPU run; at 96-256 px the stride-32 map has 3x3-8x8
+    #: cells (the reference's 480 px crops give 15x15) and kmax = 0.09 keeps a single one, so
+    #: the localizer is a max pooling over border-dominated cells: use the stride-16 stage
+    #: (8x8 cells at 128 px, kmax keeps 6) and no dropout on the few selected values
+    small_scale_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"backbone": "resnet18", "feature_index": -2, "dropout": 0.0}
+    )
 
     def __init__(
         self,
@@ -195,6 +212,7 @@ class MinMaxEntropy(Method):
         backbone: str = "resnet50d",
         pretrained: bool | str = False,
         in_chans: int = 1,
+        feature_index: int = -1,
         modalities: int = 5,
         kmax: float = 0.09,
         kmin: float = 0.09,
@@ -246,8 +264,8 @@ class MinMaxEntropy(Method):
         self.sigma_erase = float(sigma_erase)
         self.logits_from = logits_from
 
-        self.encoder = create_backbone(
-            backbone, in_chans=self.in_chans, pretrained=pretrained, out_indices=(-1,)
+        self.encoder = build_backbone(
+            backbone, self.in_chans, pretrained, (int(feature_index),), None, "minmax_entropy"
         )
         channels = self.encoder.channels[-1]
 
@@ -304,17 +322,16 @@ class MinMaxEntropy(Method):
             )
         scores_s, maps_s = self.localize(x)
         r_pos = self.soft_mask(scores_s, maps_s, x.shape[-2:])
-        extras: dict[str, torch.Tensor] = {}
-        erasing = self.training and self.erase_times > 0
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not erasing):
-            # with erasing, loss() rebuilds X± from the accumulated mask: no graph kept here
-            s_pos = self.classify(x * r_pos)
-            s_neg = self.classify(x * (1.0 - r_pos))
-        if erasing:
+        extras: dict[str, torch.Tensor] = {"localizer_logits": scores_s, "mask": r_pos}
+        if self.training and self.erase_times > 0:
+            # X± come from the accumulated mask, built in loss() (it needs the labels). As in the
+            # reference, the classifier runs only there: a pass here would be thrown away but,
+            # in train mode, would still update the encoder's BatchNorm running statistics.
             extras["input"] = x
-        extras.update(
-            localizer_logits=scores_s, positive_logits=s_pos, negative_logits=s_neg, mask=r_pos
-        )
+            return MethodOutput(logits=scores_s, maps=maps_s, extras=extras)
+        s_pos = self.classify(x * r_pos)
+        s_neg = self.classify(x * (1.0 - r_pos))
+        extras.update(positive_logits=s_pos, negative_logits=s_neg)
         logits = s_pos if self.logits_from == "positive" else scores_s
         return MethodOutput(logits=logits, maps=maps_s, extras=extras)
 
@@ -418,6 +435,9 @@ class MinMaxEntropy(Method):
         ex = output.extras
         if self.training and self.erase_times > 0 and "input" in ex:
             loc, s_pos, s_neg = self._erase(output, targets, target_mask)
+            ex.update(positive_logits=s_pos, negative_logits=s_neg)
+            if self.logits_from == "positive":
+                output.logits = s_pos
         else:
             loc = self._class_loss(ex["localizer_logits"], targets, target_mask)
             s_pos, s_neg = ex["positive_logits"], ex["negative_logits"]

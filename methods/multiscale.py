@@ -9,7 +9,8 @@ No official code exists; this follows the reading of the abstract in methods.md 
   alpha) except that ``relevance_init_deep`` is added to the deepest stage's beta;
 * image logit ``y_c = sum_s alpha_{c,s} * pool(A_{c,s})`` with GAP by default (then it equals
   classifying the alpha-mix of the stage-pooled features); any pooling of
-  :mod:`lesionsweep.methods.pooling` can be chosen (one pooling instance per stage);
+  :mod:`lesionsweep.methods.pooling` can be chosen (one pooling instance per stage), on the class
+  map (``pool_on="map"``) or on the features before the stage's classifier (``"features"``);
 * map ``M_c = sum_s alpha_{c,s} * upsample(A_{c,s})``, bilinear (``align_corners=False``) to the
   finest chosen stage's resolution (the largest ``h_s x w_s``); ``map_kind = "logits"``.
 
@@ -20,8 +21,9 @@ default ``(2, 3, 4)`` is strides 8, 16, 32 (ResNet layer2, layer3, layer4).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,7 @@ from torch import nn
 
 from .base import Method, MethodOutput, register_method
 from .cam import build_backbone, build_pooling, check_input, make_classifier
-from .pooling import PoolingName
+from .pooling import PoolingName, pool_logits
 
 __all__ = ["MultiscaleCAM", "parse_stages"]
 
@@ -69,8 +71,9 @@ class MultiscaleCAM(Method):
         temperature: softmax temperature on beta (> 0).
         relevance_init_deep: initial beta of the deepest chosen stage (0 = uniform alpha).
         output_stride: timm ``output_stride`` (ResNets), None for native.
-        pooling, lse_r, wildcat_kmax, wildcat_kmin, wildcat_alpha, fc_bn, fc_drop: the per-stage
-            pooling and its knobs, as in :class:`~lesionsweep.methods.cam.CAM`.
+        pooling, pool_on, lse_r, wildcat_kmax, wildcat_kmin, wildcat_alpha, wildcat_halve, fc_bn,
+            fc_drop: the per-stage pooling, its order and its knobs, as in
+            :class:`~lesionsweep.methods.cam.CAM`.
 
     Output: logits ``[B, K]``; maps ``[B, K, h, w]`` at the finest stage's resolution; extras
     ``alpha`` ``[K, S]`` (relevance weights, rows sum to 1, in the order of ``stages`` as given
@@ -78,6 +81,10 @@ class MultiscaleCAM(Method):
     """
 
     map_kind: ClassVar[str] = "logits"
+    #: at 96-256 px the stride-32 stage leaves 3x3-8x8 cells: mix strides 8 and 16, LSE
+    small_scale_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType(
+        {"stages": "2,3", "pooling": "lse"}
+    )
 
     def __init__(
         self,
@@ -91,10 +98,12 @@ class MultiscaleCAM(Method):
         relevance_init_deep: float = 0.0,
         output_stride: int | None = None,
         pooling: PoolingName = "gap",
+        pool_on: Literal["map", "features"] = "map",
         lse_r: float | None = None,
         wildcat_kmax: float | None = None,
         wildcat_kmin: float | None = None,
         wildcat_alpha: float | None = None,
+        wildcat_halve: bool | None = None,
         fc_bn: bool | None = None,
         fc_drop: float | None = None,
     ) -> None:
@@ -104,6 +113,7 @@ class MultiscaleCAM(Method):
         self.in_chans = in_chans
         self.stages = parse_stages(stages)
         self.temperature = temperature
+        self.pool_on = pool_on
         self.backbone = build_backbone(
             backbone, self.in_chans, pretrained, self.stages, output_stride, "multiscale_cam"
         )
@@ -116,10 +126,12 @@ class MultiscaleCAM(Method):
                 wildcat_kmax=wildcat_kmax,
                 wildcat_kmin=wildcat_kmin,
                 wildcat_alpha=wildcat_alpha,
+                wildcat_halve=wildcat_halve,
                 fc_bn=fc_bn,
                 fc_drop=fc_drop,
                 num_features=c,
                 num_classes=self.num_classes,
+                pool_on=pool_on,
             )
             for c in chans
         )
@@ -137,7 +149,7 @@ class MultiscaleCAM(Method):
         cams = [conv(f) for conv, f in zip(self.classifiers, feats, strict=True)]
         pooled = torch.stack(
             [
-                self.pools[s](cams[s], features=feats[s], classifier=self.classifiers[s])
+                pool_logits(self.pools[s], self.pool_on, feats[s], cams[s], self.classifiers[s])
                 for s in range(len(cams))
             ],
             dim=2,

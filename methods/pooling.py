@@ -18,11 +18,19 @@ Poolings (registered in :data:`POOLINGS`, built with :func:`create_pooling`):
 * ``gap`` :class:`GlobalAvgPool`: spatial mean of S. Because the 1x1 conv is linear this equals
   classifying the spatial mean of the features (the original CAM head).
 * ``gmp`` :class:`GlobalMaxPool`: spatial max of S.
-* ``lse`` :class:`LSEPool`: log-sum-exp of S as in Wang et al. 2017 (ChestX-ray14),
+* ``lse`` :class:`LSEPool`: log-sum-exp, the formula of Wang et al. 2017 (ChestX-ray14),
   ``x* + (1/r) log(mean_hw exp(r (x - x*)))`` with ``x* = max_hw x``; ``r -> inf`` gives GMP,
-  ``r -> 0`` gives GAP. Choice: we pool the *logit map*. The PCAM repository
-  (jfhealthcare/Chexpert ``LSEPool``) applies the same formula to the *feature map* before the
-  classifier (``lse_gamma = 0.5``); that variant is not offered here.
+  ``r -> 0`` gives GAP.
+
+Pooling order. Called as above, a pooling pools the class *logit map* S. The methods also offer
+the other order (``pool_on="features"`` of :class:`~lesionsweep.methods.cam.CAM`, see
+:func:`pool_logits`): pool each channel of the *feature map* F to ``z`` ``[B, C]`` (a pooling
+reduces any ``[B, X, h, w]`` to ``[B, X]``), then apply the 1x1 classifier,
+``y = W z + b``. That is the authors' order for LSE: Wang et al.'s network pools the features
+(a transition layer, then LSE, then the prediction layer) and so does the PCAM repository's
+``LSEPool`` (jfhealthcare/Chexpert, ``lse_gamma = 0.5``) and its ``MAX`` pooling. For GAP the two
+orders are equal (the classifier is linear); for GMP, LSE and WILDCAT they are not. PCAM pools
+the features by construction and has one order only.
 * ``pcam`` :class:`PCAMPool`: probabilistic CAM pooling (Ye et al. 2020, methods.md section 2.1).
   Per class k, ``P = sigmoid(S_k)``, ``W = P / sum_hw P`` (no epsilon, not detached),
   ``z_k = sum_hw W * F`` (a probability-weighted feature average, ``[B, C]``), optional
@@ -32,9 +40,10 @@ Poolings (registered in :data:`POOLINGS`, built with :func:`create_pooling`):
 * ``wildcat`` :class:`WildcatPool`: WILDCAT (Durand et al., CVPR 2017) spatial pooling: mean of
   the top ``kmax`` values + ``alpha`` * mean of the bottom ``kmin`` values of each map (the
   paper's formula). ``k < 1`` is a fraction of ``h*w`` (``round(k*h*w)``, at least 1 for kmax),
-  ``k >= 1`` a count (clipped to ``h*w``). Note: the reference implementation
-  (durandtibo/wildcat.pytorch) additionally divides the sum by 2 when the kmin term is active;
-  we follow the paper (a constant scale only matters for the logit calibration).
+  ``k >= 1`` a count (clipped to ``h*w``). ``halve=True`` is the reference code's variant
+  (durandtibo/wildcat.pytorch ``WildcatPool2dFunction``): when the kmin term is active the sum is
+  divided by 2, ``(top mean + alpha * bottom mean) / 2``; the default ``halve=False`` is the
+  paper's formula.
 """
 
 from __future__ import annotations
@@ -57,6 +66,8 @@ __all__ = [
     "LSEPool",
     "PCAMPool",
     "WildcatPool",
+    "POOL_ON",
+    "pool_logits",
     "POOLINGS",
     "PoolingName",
     "pooling_names",
@@ -223,13 +234,19 @@ class WildcatPool(Pooling):
 
     ``s = mean(top-kmax values) + alpha * mean(bottom-kmin values)`` per class map.
 
+    With ``halve=True`` (Durand's code) the sum is divided by 2 whenever the bottom term is active
+    (``kmin`` selects at least one value and ``alpha != 0``); otherwise it is left as it is.
+
     Args:
         kmax: fraction of ``h*w`` if < 1 (``round(kmax*h*w)``, at least 1), else a count (> 0).
         kmin: same convention; 0 disables the bottom term.
         alpha: weight of the bottom term; 0 disables it.
+        halve: divide by 2 when the bottom term is active (code) instead of the paper's sum.
     """
 
-    def __init__(self, kmax: float = 0.1, kmin: float = 0.0, alpha: float = 0.0) -> None:
+    def __init__(
+        self, kmax: float = 0.1, kmin: float = 0.0, alpha: float = 0.0, halve: bool = False
+    ) -> None:
         super().__init__()
         if not float(kmax) > 0:
             raise ConfigError(f"WILDCAT kmax must be > 0 (fraction < 1 or count >= 1), got {kmax}")
@@ -241,6 +258,7 @@ class WildcatPool(Pooling):
         self.kmax = float(kmax)
         self.kmin = float(kmin)
         self.alpha = float(alpha)
+        self.halve = bool(halve)
 
     @staticmethod
     def _count(k: float, n: int) -> int:
@@ -265,10 +283,47 @@ class WildcatPool(Pooling):
         if kmin > 0 and self.alpha != 0:
             low = x.topk(kmin, dim=2, largest=False, sorted=False).values.mean(dim=2)
             out = out + self.alpha * low
+            if self.halve:
+                out = out / 2
         return out
 
     def extra_repr(self) -> str:
-        return f"kmax={self.kmax}, kmin={self.kmin}, alpha={self.alpha}"
+        return f"kmax={self.kmax}, kmin={self.kmin}, alpha={self.alpha}, halve={self.halve}"
+
+
+#: the pooling orders: ``"map"`` pools the class logit map S, ``"features"`` pools the feature
+#: map F and then classifies (:func:`pool_logits`)
+POOL_ON: tuple[str, ...] = ("map", "features")
+
+
+def pool_logits(
+    pool: Pooling,
+    pool_on: str,
+    features: torch.Tensor,
+    logit_map: torch.Tensor,
+    classifier: nn.Conv2d,
+) -> torch.Tensor:
+    """Image logits ``[B, K]`` of a 1x1-conv head in either pooling order.
+
+    Args:
+        pool: the pooling.
+        pool_on: ``"map"``: ``pool(S)`` (``S = classifier(F)``, ``[B, K, h, w]``);
+            ``"features"``: ``W pool(F) + b`` with ``pool(F)`` ``[B, C]`` and the classifier's
+            weight ``W`` ``[K, C]`` and bias ``b`` ``[K]`` (not for PCAM, which reads both).
+        features: F, float ``[B, C, h, w]``.
+        logit_map: S, float ``[B, K, h, w]``.
+        classifier: the 1x1 ``nn.Conv2d(C, K)`` with ``S = classifier(F)``.
+    """
+    if pool_on == "map":
+        return pool(logit_map, features=features, classifier=classifier)
+    if pool_on != "features" or pool.needs_features:
+        raise ValueError(f"pool_on={pool_on!r} with {type(pool).__name__}")
+    z = pool(features)  # [B, C]
+    weight = classifier.weight.reshape(classifier.out_channels, -1)  # [K, C]
+    out = z @ weight.t().to(z.dtype)
+    if classifier.bias is not None:
+        out = out + classifier.bias.to(z.dtype)
+    return out
 
 
 #: the pooling registry (see :class:`~lesionsweep.methods.registry.Registry` for its contract);

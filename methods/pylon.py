@@ -28,7 +28,9 @@ refused, not silently cropped).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -150,6 +152,8 @@ class Pylon(Method):
 
     map_kind: ClassVar[str] = "logits"
     input_multiple: ClassVar[int] = 256
+    #: the default resnet50 is too slow for a short CPU run at 256 px
+    small_scale_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType({"backbone": "test_resnet"})
 
     def __init__(
         self,

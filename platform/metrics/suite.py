@@ -12,7 +12,11 @@ wsolevaluation evaluate: the map of every (image, class) pair that has GT locali
 * AUROC: all known labels; image logits.
 * NIH T(IoBB)/T(IoU) and AFP: pairs with >= 1 box; raw map, bilinear to the image size, min-max
   to [0, 255].
-* Point accuracy (PYLON): pairs with >= 1 box; probabilities, bilinear to the image size, argmax.
+* Point accuracy (PYLON): pairs with >= 1 box; probabilities, bilinear to the image size, argmax
+  (``point_map="probability"``, PYLON's order: sigmoid first, then upsample; computed in float64
+  without saturation by :func:`~lesionsweep.metrics.point.upsampled_argmax`). ``point_map="raw"``
+  takes the argmax of the upsampled raw map instead (not PYLON's definition: bilinear upsampling
+  and the sigmoid do not commute, so the point can move).
 * MaxBoxAccV2: pairs with >= 1 box; raw map, cv2 bicubic to the image size, min-max to [0, 1].
 * PxAP: pairs with a non-empty mask; raw map, cv2 bicubic to the image size, min-max to [0, 1].
 * Dice (pooled and per image): every pair with a known label (negatives have empty masks);
@@ -47,7 +51,7 @@ from .chexlocalize import ChexlocalizeEvaluator
 from .common import MetricInputError
 from .dice import DiceEvaluator
 from .nih import NihBoxEvaluator
-from .point import PointAccuracyEvaluator
+from .point import POINT_MAPS, PointAccuracyEvaluator
 from .shortcut import ShortcutEvaluator, default_radius
 from .wsol import MaxBoxAccV2Evaluator, PxAPEvaluator, boxes_to_wsol_convention, prepare_scoremaps
 
@@ -78,6 +82,9 @@ class LocalizationSuite:
             ChexlocalizeEvaluator`; default Otsu, no cut-off).
         shortcut_radius: tolerance around the confounder tube, pixels (default
             ``max(1, image_size // 64)``).
+        point_map: the map point accuracy takes its argmax on, one of
+            :data:`~lesionsweep.metrics.point.POINT_MAPS`: ``"probability"`` (PYLON; default) or
+            ``"raw"`` (the upsampled raw map).
 
     Attributes:
         localize: when False, :meth:`accumulate` feeds only the AUROC (the trainer's
@@ -93,7 +100,13 @@ class LocalizationSuite:
         loc_thresholds: dict[str, float] | None = None,
         prob_cutoffs: dict[str, float] | None = None,
         shortcut_radius: int | None = None,
+        point_map: str = "probability",
     ) -> None:
+        if point_map not in POINT_MAPS:
+            raise MetricInputError(
+                f"LocalizationSuite: point_map must be one of {POINT_MAPS}, got {point_map!r}"
+            )
+        self.point_map = point_map
         self.info = info
         self.image_size = int(image_size)
         self.localize = True
@@ -228,10 +241,7 @@ class LocalizationSuite:
         up = (
             torch.cat(
                 [
-                    # NIH and point accuracy. Point accuracy takes the argmax of the upsampled
-                    # raw map, not of sigmoid(map): float32 sigmoid saturates to 1.0 above ~17
-                    # and the argmax would then fall on the first saturated pixel.
-                    _upsample(raw[tb, tc], size),
+                    _upsample(raw[tb, tc], size),  # NIH
                     _upsample(prob[idx(dice_b), idx(dice_c)], size).clamp(0.0, 1.0),  # Dice
                 ]
             )
@@ -244,7 +254,9 @@ class LocalizationSuite:
         if self.info.has_boxes and n_box:
             assert self.nih is not None and self.point is not None and self.maxbox is not None
             self.nih.accumulate(up[:n_box], ci, gts)
-            self.point.accumulate(up[:n_box], ci, gts)
+            # point accuracy upsamples itself, in float64 (sigmoid first for logit maps)
+            point_map = "raw" if map_kind != "logits" else self.point_map
+            self.point.accumulate_maps(low[:n_box], size, ci, gts, point_map)
             scoremaps = prepare_scoremaps(low[:n_box], size, "MaxBoxAccV2")
             wsol_gts = [boxes_to_wsol_convention(g, size[1], size[0]) for g in gts]
             self.maxbox.accumulate(scoremaps, wsol_gts)

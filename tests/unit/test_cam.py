@@ -114,3 +114,58 @@ def test_rgb_and_other_cnn_families(backbone: str) -> None:
     out = m(_x(c=3))
     assert out.logits.shape == (2, 2) and out.maps.shape[:2] == (2, 2)
     assert torch.isfinite(out.maps).all() and torch.isfinite(out.logits).all()
+
+
+@pytest.mark.parametrize("method", ["cam", "multiscale_cam"])
+@pytest.mark.parametrize("pooling", ["lse", "gmp", "wildcat"])
+def test_features_first_pooling_equals_hand_written_head(method: str, pooling: str) -> None:
+    """pool_on="features": image logit = W pool(F) + b on the same weights (Wang et al.'s order)."""
+    torch.manual_seed(0)
+    kw = {"pooling": pooling, "lse_r": 5.0, "wildcat_kmax": 2, "wildcat_kmin": 1}
+    kw["wildcat_alpha"] = 0.7
+    m = create_method(method, num_classes=3, backbone="test_resnet", pool_on="features", **kw)
+    m.eval()
+    for mod in m.modules():  # PCAM's N(0, 0.01) init leaves the orders within 1e-4 of each other
+        if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size == (1, 1) and mod.out_channels == 3:
+            torch.nn.init.normal_(mod.weight)
+            torch.nn.init.normal_(mod.bias)
+    x = _x()
+    with torch.no_grad():
+        out = m(x)
+        feats = m.backbone(x)
+        convs = [m.classifier] if method == "cam" else list(m.classifiers)
+        per_stage = []
+        for f, conv in zip(feats, convs, strict=True):
+            flat = f.double().flatten(2)  # [B, C, n]
+            if pooling == "gmp":
+                z = flat.amax(2)
+            elif pooling == "lse":  # x* + (1/r) log(mean exp(r (x - x*))), r = 5
+                top = flat.amax(2, keepdim=True)
+                z = top[..., 0] + torch.log(torch.exp(5.0 * (flat - top)).mean(2)) / 5.0
+            else:  # mean of the top 2 + 0.7 * the bottom 1
+                srt = flat.sort(2, descending=True).values
+                z = srt[..., :2].mean(2) + 0.7 * srt[..., -1]
+            w = conv.weight.double().reshape(3, -1)
+            per_stage.append(z @ w.T + conv.bias.double())
+            # the maps are the class logit maps either way
+        if method == "cam":
+            ref = per_stage[0]
+            torch.testing.assert_close(out.maps, m.classifier(feats[0]))
+        else:
+            alpha = m.relevance().double()
+            ref = (torch.stack(per_stage, 2) * alpha[None]).sum(2)
+    torch.testing.assert_close(out.logits.double(), ref, rtol=1e-5, atol=1e-5)
+    # and it differs from pooling the class map
+    m_map = create_method(method, num_classes=3, backbone="test_resnet", **kw)
+    m_map.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(m_map.eval()(x).logits, out.logits, atol=1e-2)
+
+
+def test_pool_on_errors_and_wildcat_halve_reaches_the_pooling() -> None:
+    with pytest.raises(ConfigError, match="pool_on must be one of map, features"):
+        _cam(pool_on="classes")
+    with pytest.raises(ConfigError, match="PCAM already pools the features"):
+        _cam(pooling="pcam", pool_on="features")
+    m = _cam(pooling="wildcat", wildcat_kmin=1, wildcat_alpha=0.5, wildcat_halve=True)
+    assert isinstance(m.pool, WildcatPool) and m.pool.halve

@@ -217,3 +217,35 @@ def test_point_accuracy_with_saturating_logits() -> None:
             maps[i, c, (y0 + y1) // 2, (x0 + x1) // 2] = 40.0
     suite.accumulate(torch.zeros((3, 2)), maps, batch, "logits")
     assert suite.compute()["point_acc_micro"] == 1.0
+
+
+def test_point_accuracy_default_is_pylons_and_raw_is_an_option() -> None:
+    """Default: argmax of the upsampled sigmoid (PYLON); point_map="raw": of the upsampled logits.
+    On this map the two differ: a sharp peak of 10 amid -8 (its upsampled logit stays high, its
+    upsampled probability falls below 0.88) and a bottom row of 2.5 (probability 0.92)."""
+    batch = _box_batch()
+    maps = torch.full((len(batch), 2, 4, 4), -8.0)
+    maps[:, :, 1, 1] = 10.0
+    maps[:, :, 3, :] = 2.5
+    up = lambda v: F.interpolate(v[:, None], (S, S), mode="bilinear")[:, 0]  # noqa: E731
+    flat = maps.reshape(-1, 4, 4).double()
+    p_arg = up(torch.sigmoid(flat)).flatten(1).argmax(1)
+    r_arg = up(flat).flatten(1).argmax(1)
+    assert bool((p_arg != r_arg).all())  # the orders disagree on every map here
+    out = {}
+    for point_map in ("probability", "raw"):
+        suite = LocalizationSuite(BOX_INFO, image_size=S, point_map=point_map)
+        suite.accumulate(torch.zeros((3, 2)), maps, batch, "logits")
+        out[point_map] = suite.compute()
+    # reference: the evaluator on the points of each order
+    pairs = [(0, 0), (1, 0), (1, 1)]
+    gts = [np.array([[4.0, 4, 8, 8]]), np.array([[0.0, 10, 4, 14]]), np.array([[8.0, 2, 12, 6]])]
+    for point_map, arg in (("probability", p_arg), ("raw", r_arg)):
+        ev = PointAccuracyEvaluator(("a", "b"))
+        idx = [int(arg[i * 2 + c]) for i, c in pairs]
+        ev.accumulate_points(
+            [i // S for i in idx], [i % S for i in idx], [c for _, c in pairs], gts, S, S
+        )
+        assert out[point_map]["point_acc_micro"] == ev.compute()["point_acc_micro"]
+    with pytest.raises(MetricInputError, match="point_map must be one of"):
+        LocalizationSuite(BOX_INFO, image_size=S, point_map="logits")

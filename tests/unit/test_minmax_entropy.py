@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -240,9 +241,11 @@ def test_erasing_trains(multilabel: bool) -> None:
     x = torch.randn(2, 1, 64, 64)
     y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     out = m(x)
-    assert not out.extras["positive_logits"].requires_grad  # rebuilt in loss()
+    assert "positive_logits" not in out.extras  # built in loss() from the accumulated mask
     loss = m.loss(out, y)
     assert torch.isfinite(loss)
+    assert out.extras["positive_logits"].requires_grad
+    assert out.logits is out.extras["positive_logits"]
     loss.backward()
     assert m.classifier.to_modalities.weight.grad.abs().sum() > 0
     assert m.localizer.to_modalities.weight.grad is not None
@@ -284,3 +287,72 @@ def test_max_entropy_gradient_pushes_negative_scores_to_half() -> None:
     assert F.binary_cross_entropy_with_logits(torch.zeros(1), torch.full((1,), 0.5)).item() == (
         pytest.approx(math.log(2))
     )
+
+
+def _bn_state(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        k: v.clone()
+        for k, v in m.state_dict().items()
+        if k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    }
+
+
+def test_erasing_step_updates_batchnorm_like_the_reference() -> None:
+    """One training step with erasing (u = 1, every label right) runs, as the reference does
+    (methods.md section 6.2), exactly these encoder passes in train mode: the localizer on x,
+    then the classifier on X+ = x * M_acc and on X- = x * (1 - M_acc), with
+    M_acc = trust * R+ and trust = p(y_hat) (round 0: exp(0) = 1, correct, loss <= itself).
+    The BatchNorm running statistics, which the eval-time model uses, must equal the reference's;
+    a classifier pass on the round-0 X± in forward would add two more updates."""
+    m = _mme(erase_times=1).train()
+    ref, probe = copy.deepcopy(m), copy.deepcopy(m)
+    x = torch.randn(4, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = (torch.sigmoid(probe.localize(x)[0]) > 0.5).float()  # the labels it predicts
+        # the reference, written from the documented algorithm
+        scores, maps = ref.localize(x)
+        r_pos = ref.soft_mask(scores, maps, (64, 64))
+        p = torch.sigmoid(scores)
+        trust = torch.where(p > 0.5, p, 1 - p).mean(1).view(-1, 1, 1, 1)
+        ref.classify(x * (trust * r_pos))
+        ref.classify(x * (1 - trust * r_pos))
+    m.loss(m(x), y).backward()
+    got, want = _bn_state(m), _bn_state(ref)
+    assert got.keys() == want.keys() and len(got) > 0
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7, msg=k)
+    assert all(int(v) == 3 for k, v in got.items() if k.endswith("num_batches_tracked"))
+
+
+@pytest.mark.parametrize("erase_times", [0, 3])
+def test_one_training_step_runs_the_localizer_per_round_and_the_classifier_twice(
+    erase_times: int,
+) -> None:
+    m = _mme(erase_times=erase_times).train()
+    calls = {"localize": 0, "classify": 0}
+    for name in calls:
+        fn = getattr(m, name)
+
+        def counted(t: torch.Tensor, fn=fn, name=name):  # type: ignore[no-untyped-def]
+            calls[name] += 1
+            return fn(t)
+
+        setattr(m, name, counted)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        y = (torch.sigmoid(m.localizer(m.encoder(x)[-1])[0]) > 0.5).float()
+    tracked = {k: int(v) for k, v in _bn_state(m).items() if k.endswith("num_batches_tracked")}
+    m.loss(m(x), y)
+    assert calls["classify"] == 2
+    assert 1 <= calls["localize"] <= max(1, erase_times)
+    for k, v in _bn_state(m).items():
+        if k.endswith("num_batches_tracked"):  # one BN update per encoder pass, none thrown away
+            assert int(v) - tracked[k] == calls["localize"] + calls["classify"], k
+
+
+def test_feature_index_sets_the_map_stride() -> None:
+    x = torch.randn(1, 1, 64, 64)
+    assert _mme().eval()(x).maps.shape[-2:] == (2, 2)  # deepest stage, stride 32 (the reference)
+    assert _mme(feature_index=-2).eval()(x).maps.shape[-2:] == (4, 4)  # stride 16
+    with pytest.raises(ConfigError, match="stage index"):
+        _mme(feature_index=9)

@@ -15,6 +15,7 @@ from lesionsweep.methods.pooling import (
     PCAMPool,
     WildcatPool,
     create_pooling,
+    pool_logits,
     pooling_names,
 )
 from torch import nn
@@ -86,6 +87,54 @@ def test_wildcat_numerics() -> None:
     torch.testing.assert_close(
         out, torch.tensor([[18.5, -0.5], [118.5, 99.5]], dtype=torch.float64)
     )
+
+
+def test_wildcat_halve_is_durands_code_scaling() -> None:
+    """Durand's code: (top mean + alpha * bottom mean) / 2 when the bottom term is on, else the
+    top mean unchanged; the paper (default): the plain sum."""
+    x = _ramp()[:1, :1]  # 0..19
+    code = WildcatPool(kmax=0.1, kmin=0.2, alpha=0.5, halve=True)
+    assert code(x).item() == pytest.approx((18.5 + 0.5 * 1.5) / 2)
+    assert WildcatPool(kmax=0.1, kmin=0.2, alpha=0.5)(x).item() == pytest.approx(18.5 + 0.75)
+    # bottom term off (kmin = 0 or alpha = 0): no halving, as the code's `if` around it
+    assert WildcatPool(kmax=0.1, kmin=0.0, alpha=0.5, halve=True)(x).item() == pytest.approx(18.5)
+    assert WildcatPool(kmax=0.1, kmin=0.2, alpha=0.0, halve=True)(x).item() == pytest.approx(18.5)
+    assert "halve=True" in repr(code)
+
+
+def _lse_ref(v: list[float], r: float) -> float:
+    m = max(v)
+    return m + math.log(sum(math.exp(r * (t - m)) for t in v) / len(v)) / r
+
+
+def test_pool_logits_features_first_by_hand() -> None:
+    """pool_on="features": pool each feature channel, then y = W z + b (Wang et al., PCAM repo)."""
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 3, 2, 3, generator=g, dtype=torch.float64)
+    conv = nn.Conv2d(3, 2, 1).double()
+    logit_map = conv(feats)
+    w, b = conv.weight.detach().reshape(2, 3).tolist(), conv.bias.detach().tolist()
+    for pool, reduce in (
+        (LSEPool(r=2.0), lambda v: _lse_ref(v, 2.0)),
+        (GlobalMaxPool(), max),
+        (GlobalAvgPool(), lambda v: sum(v) / len(v)),
+    ):
+        got = pool_logits(pool, "features", feats, logit_map, conv)
+        for i in range(2):
+            z = [reduce(feats[i, c].flatten().tolist()) for c in range(3)]
+            ref = [sum(w[k][c] * z[c] for c in range(3)) + b[k] for k in range(2)]
+            assert got[i].tolist() == pytest.approx(ref, rel=1e-12, abs=1e-12)
+    # "map" is the pooling of S; the orders agree for GAP only
+    torch.testing.assert_close(
+        pool_logits(GlobalAvgPool(), "map", feats, logit_map, conv),
+        pool_logits(GlobalAvgPool(), "features", feats, logit_map, conv),
+    )
+    assert not torch.allclose(
+        pool_logits(GlobalMaxPool(), "map", feats, logit_map, conv),
+        pool_logits(GlobalMaxPool(), "features", feats, logit_map, conv),
+    )
+    with pytest.raises(ValueError, match="pool_on"):
+        pool_logits(PCAMPool(), "features", feats, logit_map, conv)
 
 
 @pytest.mark.parametrize(
