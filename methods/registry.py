@@ -75,7 +75,7 @@ class Registry(Generic[T]):
         """Class decorator registering the class under ``name`` (duplicates are refused)."""
 
         def deco(obj: C) -> C:
-            self.add(name, obj)  # type: ignore[arg-type]  # C is a type[T]
+            self.add(name, obj)  # C is a type[T]
             return obj
 
         return deco

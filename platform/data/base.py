@@ -434,7 +434,7 @@ class RecordDataset(Dataset[Sample]):
         keep = np.array([i for i, p in enumerate(paths) if p is not None], dtype=np.int64)
         self.where = [str(where[i]) for i in keep]
         self.ids = [str(ids[i]) for i in keep]
-        self.paths = [paths[i] for i in keep]  # type: ignore[misc]
+        self.paths = [paths[i] for i in keep]
         self.targets = np.ascontiguousarray(targets_full[keep][:, self.class_index], np.float32)
         self.target_mask = np.ascontiguousarray(mask_full[keep][:, self.class_index], np.float32)
         return keep

@@ -129,7 +129,7 @@ class _Indexed(Dataset[tuple[int, Any, str, str]]):
         self.catch = catch
 
     def __len__(self) -> int:
-        return len(self.ds)  # type: ignore[arg-type]
+        return len(self.ds)
 
     def __getitem__(self, i: int) -> tuple[int, Any, str, str]:
         load = getattr(self.ds, "load", None)
@@ -174,7 +174,7 @@ def _write_split(
 ) -> dict[str, Any]:
     folder.mkdir(parents=True)
     s, k = info.image_size, info.num_classes
-    n = len(ds)  # type: ignore[arg-type]
+    n = len(ds)
     n_bytes = (s * s + 7) // 8
     img_w = _NpyStreamWriter(folder / "images.npy", np.dtype(np.uint8), (1, s, s))
     mask_w = (
@@ -321,7 +321,7 @@ def build_cache(
         info0: DatasetInfo | None = None
         for split in splits:
             ds = build_source_dataset(src, split)
-            info: DatasetInfo = ds.info  # type: ignore[attr-defined]
+            info: DatasetInfo = ds.info
             if info.image_size != cfg.image_size:
                 raise DataError(f"{cfg.dataset} {split}: delivered size {info.image_size}")
             if info0 is not None and info.classes != info0.classes:

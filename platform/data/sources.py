@@ -22,11 +22,11 @@ from .types import SplitDataset
 #: dataset name -> (module, class) of its loader, imported on first use. The names are the ones
 #: :data:`lesionsweep.config.DatasetName` declares (a test checks they agree).
 DATASETS: Registry[Any] = Registry("dataset")
-DATASETS.add("phantom", ("lesionsweep.data.phantom", "PhantomDataset"))  # type: ignore[arg-type]
-DATASETS.add("nih", ("lesionsweep.data.nih", "NIHDataset"))  # type: ignore[arg-type]
-DATASETS.add("siim", ("lesionsweep.data.siim", "SIIMDataset"))  # type: ignore[arg-type]
-DATASETS.add("rsna", ("lesionsweep.data.rsna", "RSNADataset"))  # type: ignore[arg-type]
-DATASETS.add("chexpert", ("lesionsweep.data.chexpert", "CheXpertDataset"))  # type: ignore[arg-type]
+DATASETS.add("phantom", ("lesionsweep.data.phantom", "PhantomDataset"))
+DATASETS.add("nih", ("lesionsweep.data.nih", "NIHDataset"))
+DATASETS.add("siim", ("lesionsweep.data.siim", "SIIMDataset"))
+DATASETS.add("rsna", ("lesionsweep.data.rsna", "RSNADataset"))
+DATASETS.add("chexpert", ("lesionsweep.data.chexpert", "CheXpertDataset"))
 # DataConfig fields the phantom takes as arguments; options may not repeat them
 _PHANTOM_RESERVED = ("split", "image_size", "classes")
 

@@ -68,8 +68,8 @@ def _level_boxes(q: np.ndarray, n_levels: int, ws: np.ndarray, gw: np.ndarray):
         prev = 0
         for x in range(width):
             cur = min(np.int64(q[y, x]), n_levels)
-            n_cap += max(cur - prev, 0)
-            prev = cur
+            n_cap += max(cur - prev, 0)  # type: ignore[operator]  # numba ints
+            prev = cur  # type: ignore[assignment]  # numba ints
     if ws.shape[1] < n_cap:
         ws = np.empty((10, 2 * n_cap), np.int32)
     if gw.shape[1] < n_cap:
@@ -118,8 +118,8 @@ def _level_boxes(q: np.ndarray, n_levels: int, ws: np.ndarray, gw: np.ndarray):
             ev_q[n_ev] = cur
             ev_p[n_ev] = prev
             n_ev += cur != prev
-            top = max(top, cur)
-            prev = cur
+            top = max(top, cur)  # type: ignore[assignment]  # numba ints
+            prev = cur  # type: ignore[assignment]  # numba ints
         for e in range(n_ev):
             x = ev_x[e]
             cur = ev_q[e]

@@ -31,7 +31,7 @@ _PARAM_KEYS = (*_DIST_KEYS, "log", "step", "when")
 
 def _number(v: Any, where: str) -> int | float:
     """A range bound or step: an int stays an int, anything else numeric becomes a float."""
-    return convert(v, int | float, where)  # type: ignore[arg-type]
+    return convert(v, int | float, where)
 
 
 def load_space(

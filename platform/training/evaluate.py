@@ -260,7 +260,7 @@ def evaluate(
         outputs=kept,
     )
     if kept is not None and outputs_path is not None:
-        _write_outputs(Path(outputs_path), kept, unwrap_model(model).map_kind)
+        _write_outputs(Path(outputs_path), kept, str(unwrap_model(model).map_kind))
     out = {f"{split}/{k}": v for k, v in metrics.items()}
     out["epoch"] = float(state["epoch"]) if state is not None else 0.0
     if out_path is not None:

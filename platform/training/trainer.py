@@ -53,7 +53,6 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +61,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
-from ..config import LOC_SPLIT_CHOICES, RunConfig, config_from_dict, dump_config, load_config
-from ..data import available_splits, build_dataset
-from ..data.cache import read_manifest
-from ..data.types import DatasetInfo
+from ..config import RunConfig, config_from_dict, dump_config, load_config
+from ..data import build_dataset
 from ..errors import ConfigError, DataError, TrainingError, refuse_test_split
 from ..fileio import atomic_write_text
 from ..methods import method_class
-from ..metrics import LocalizationSuite
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
@@ -80,7 +76,7 @@ from .checkpoint import (
     unwrap_model,
     weights_only,
 )
-from .evaluate import evaluate_model, json_safe
+from .evaluate import json_safe
 from .optim import LRSchedule, build_optimizer
 from .reports import EpochReport, TrainResult
 from .runners import runner_for
@@ -90,11 +86,12 @@ from .runtime import (
     check_training_split,
     derive_seed,
     make_loader,
-    move_batch,
     resolve_device,
     seed_everything,
 )
+from .steps import train_epoch
 from .tensorboard import TensorBoardLogger
+from .validation import EvalTarget, evaluate_targets, resolve_loc_split, setup_validation
 
 __all__ = ["EpochReport", "TrainResult", "Trainer", "resolve_loc_split", "run_training"]
 
@@ -189,68 +186,6 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
-def _has_loc_labels(info: DatasetInfo) -> bool:
-    return bool(info.has_boxes or info.has_masks)
-
-
-def _check_loc_split_name(split: str) -> None:
-    refuse_test_split(split, "eval.loc_split")
-
-
-def resolve_loc_split(cfg: RunConfig, eval_info: DatasetInfo) -> str | None:
-    """The localization split to evaluate every epoch next to ``cfg.eval.split``, or None.
-
-    ``eval.loc_split`` None or ``"none"``: None. ``"val-loc"``: that split (refused when it is
-    ``eval.split`` itself). ``"auto"``: ``"val-loc"`` when ``eval_info`` (the
-    ``DatasetInfo`` of the ``eval.split`` dataset) has neither boxes nor masks, ``eval.split`` is
-    not ``val-loc`` and the data source offers ``val-loc`` (the dataset class's ``splits``, or
-    the cache manifest when ``data.cache`` is set); else None. Whether the ``val-loc`` items
-    really carry boxes or masks, and whether there are any, is only known once the split is
-    built: the trainer drops an ``"auto"`` split that turns out empty or without them.
-
-    Raises:
-        ConfigError: ``eval.loc_split`` is a test split, ``eval.split`` itself or not one of
-            :data:`~lesionsweep.config.LOC_SPLIT_CHOICES` (a config built without
-            :func:`~lesionsweep.config.config_from_dict`'s checks).
-        DataError: ``data.cache`` is set but its manifest is missing or corrupt (``"auto"``).
-    """
-    loc = cfg.eval.loc_split
-    if loc is None or loc == "none":
-        return None
-    if loc != "auto":
-        _check_loc_split_name(loc)
-        if loc not in LOC_SPLIT_CHOICES:
-            raise ConfigError(
-                f"eval.loc_split = {loc!r} is not allowed; choose null or one of: "
-                f"{', '.join(LOC_SPLIT_CHOICES)}"
-            )
-        if loc == cfg.eval.split:
-            raise ConfigError(
-                f"eval.loc_split = {loc!r} is eval.split itself; name another split, 'auto' or "
-                "'none'"
-            )
-        return loc
-    if _has_loc_labels(eval_info) or cfg.eval.split == "val-loc":
-        return None
-    if cfg.data.cache:
-        have = tuple(read_manifest(cfg.data.cache)["splits"])
-    else:
-        have = available_splits(cfg.data.dataset, cfg.data)
-    return "val-loc" if "val-loc" in have else None
-
-
-@dataclass
-class _EvalTarget:
-    """One split evaluated on rank 0 every epoch: its name, metric prefix (``val`` for
-    ``eval.split``, the split's name for the localization split), loader, suite, overlays."""
-
-    split: str
-    prefix: str
-    loader: Any
-    suite: Any
-    overlays: int
-
-
 class Trainer:
     """The training loop behind :func:`run_training`.
 
@@ -272,7 +207,7 @@ class Trainer:
     ) -> None:
         check_training_split(cfg.eval.split)
         if cfg.eval.loc_split not in (None, "auto", "none"):
-            _check_loc_split_name(cfg.eval.loc_split)
+            refuse_test_split(cfg.eval.loc_split, "eval.loc_split")
         if datasets is not None and len(datasets) not in (2, 3):
             raise ConfigError(
                 f"Trainer(datasets=...): expected (train, val) or (train, val, loc), got "
@@ -396,83 +331,10 @@ class Trainer:
                 f"batch of train.batch_size = {bs}"
             )
 
-        def check_classes(ds: Any, split: str) -> DatasetInfo:
-            split_info: DatasetInfo = ds.info
-            if tuple(split_info.classes) != tuple(info.classes):
-                raise DataError(
-                    f"split {split!r} has classes {list(split_info.classes)} but the "
-                    f"train split has {list(info.classes)}"
-                )
-            return split_info
+        def setup() -> list[EvalTarget]:
+            return setup_validation(cfg, self.datasets, info, dev, self._log)
 
-        def setup_validation() -> list[_EvalTarget]:
-            val_ds: Any = (
-                self.datasets[1] if self.datasets else build_dataset(cfg.data, cfg.eval.split)
-            )
-            val_info = check_classes(val_ds, cfg.eval.split)
-            splits: list[tuple[str, Any, DatasetInfo]] = [("val", val_ds, val_info)]
-            loc_ds: Any = self.datasets[2] if self.datasets and len(self.datasets) > 2 else None
-            auto = cfg.eval.loc_split == "auto"
-            loc_split: str | None
-            if self.datasets is None:
-                loc_split = resolve_loc_split(cfg, val_info)
-            elif auto:  # injected data: only an injected loc dataset, when val lacks labels
-                wanted = loc_ds is not None and not _has_loc_labels(val_info)
-                loc_split = "val-loc" if wanted else None
-            else:
-                loc_split = resolve_loc_split(cfg, val_info)
-            if loc_split is not None:
-                if loc_ds is None:
-                    try:
-                        loc_ds = build_dataset(cfg.data, loc_split)
-                    except DataError as e:
-                        if not auto:
-                            raise
-                        raise DataError(
-                            f"{e} (eval.loc_split = 'auto' evaluates {loc_split!r} because "
-                            f"{cfg.eval.split!r} has no boxes or masks; set eval.loc_split: none "
-                            "to train without it)"
-                        ) from e
-                loc_info = check_classes(loc_ds, loc_split)
-                if len(loc_ds) == 0 and not auto:
-                    raise DataError(
-                        f"eval.loc_split = {loc_split!r}: the split of {loc_info.name!r} is empty"
-                    )
-                if len(loc_ds) > 0 and (_has_loc_labels(loc_info) or not auto):
-                    splits.append((loc_split, loc_ds, loc_info))
-                else:
-                    self._log(f"eval.loc_split = 'auto': {loc_split!r} is empty or unlabelled")
-            # overlays: from eval.split unless only the localization split has boxes / masks
-            shown = 0
-            if len(splits) > 1 and not _has_loc_labels(val_info):
-                shown = 1
-            keys = {"train/loss", "lr"}
-            targets: list[_EvalTarget] = []
-            for j, (prefix, ds, split_info) in enumerate(splits):
-                suite = LocalizationSuite(
-                    split_info, cfg.data.image_size, cfg.eval.cam_curve_interval
-                )
-                # the suite's keys depend only on the dataset info: check the selection key now
-                keys |= {f"{prefix}/{k}" for k in suite.compute()} | {f"{prefix}/loss"}
-                loader = make_loader(
-                    ds,
-                    batch_size=cfg.eval.batch_size,
-                    num_workers=cfg.data.num_workers,
-                    device=dev,
-                )
-                n_overlays = cfg.train.log_images if j == shown else 0
-                split = cfg.eval.split if j == 0 else prefix
-                targets.append(_EvalTarget(split, prefix, loader, suite, n_overlays))
-            if cfg.eval.select_metric not in keys:
-                raise ConfigError(
-                    f"eval.select_metric = {cfg.eval.select_metric!r} is not a reported metric; "
-                    f"choose one of: {', '.join(sorted(keys))}"
-                )
-            if len(targets) > 1:
-                self._log(f"evaluating {cfg.eval.split!r} and {targets[1].split!r} each epoch")
-            return targets
-
-        eval_targets: list[_EvalTarget] = self._on_main(setup_validation, share=False) or []
+        eval_targets: list[EvalTarget] = self._on_main(setup, share=False) or []
 
         def write_run_folder() -> None:
             # only now that data, method and metrics are known to build: a bad config or a
@@ -520,9 +382,10 @@ class Trainer:
                 if sampler is not None:
                     sampler.set_epoch(epoch)
                 lr = schedule.lr
-                train_loss, ips = self._train_epoch(
+                train_loss, ips = train_epoch(
                     net, model, train_loader, optimizer, schedule, scaler, amp_dtype,
                     epoch, steps_per_epoch,
+                    cfg=cfg, dev=dev, distributed=self.distributed, log=self._log,
                 )  # fmt: skip
                 metrics: dict[str, float] | None = None
                 overlays: list[Any] = []
@@ -530,26 +393,9 @@ class Trainer:
                 if self.is_main:
                     loc_now = epoch % cfg.eval.loc_every == 0 or epoch == cfg.train.epochs
                     try:
-                        evaluated: dict[str, float] = {}
-                        for j, target in enumerate(eval_targets):
-                            target.suite.localize = loc_now
-                            try:
-                                res, items = evaluate_model(
-                                    model,
-                                    target.loader,
-                                    target.suite,
-                                    dev,
-                                    in_chans=cfg.train.in_chans,
-                                    channels_last=cfg.train.channels_last,
-                                    amp_dtype=amp_dtype,
-                                    overlays=target.overlays,
-                                )
-                            except TrainingError as e:
-                                if j == 0:
-                                    raise
-                                raise TrainingError(f"split {target.split!r}: {e}") from e
-                            evaluated.update({f"{target.prefix}/{k}": v for k, v in res.items()})
-                            overlays.extend(items)
+                        evaluated, overlays = evaluate_targets(
+                            model, eval_targets, cfg, dev, amp_dtype, loc_now
+                        )
                     except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
                         failure = e
                     else:
@@ -659,100 +505,6 @@ class Trainer:
             out_dir=self.out_dir,
             checkpoint_bytes=sum(p.stat().st_size for p in ckpt.glob("*.pt")),
         )
-
-    def _train_epoch(
-        self,
-        net: nn.Module,
-        model: nn.Module,
-        loader: Any,
-        optimizer: torch.optim.Optimizer,
-        schedule: LRSchedule,
-        scaler: torch.amp.GradScaler | None,
-        amp_dtype: torch.dtype | None,
-        epoch: int,
-        steps: int,
-    ) -> tuple[float, float]:
-        """One epoch of optimiser steps; returns (mean loss over steps, images/s all ranks)."""
-        cfg, dev = self.cfg, self.device
-        base: Any = unwrap_model(model)
-        net.train()
-        # on CUDA the loss is checked every few steps (one host sync per check) instead of
-        # every step; the error still names the first bad step
-        check_every = 1 if dev.type == "cpu" else 16
-        pending: list[torch.Tensor] = []
-        first_pending = 1
-        loss_sum = 0.0
-        n_images = 0
-        t0 = time.perf_counter()
-        log_every = max(1, steps // 10)
-        last_log = 0
-        for i, batch in enumerate(loader):
-            if i >= steps:
-                break
-            x, y, m = move_batch(batch, dev, cfg.train.in_chans, cfg.train.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(
-                dev.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)
-            ):
-                out = net(x)
-                loss = base.loss(out, y, m)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if cfg.train.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if cfg.train.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                optimizer.step()
-            schedule.step()
-            pending.append(loss.detach())
-            n_images += len(batch)
-            if len(pending) >= check_every or i + 1 == steps:
-                loss_sum += self._check_losses(pending, epoch, first_pending)
-                first_pending = i + 2
-                pending = []
-                if i + 1 - last_log >= log_every:
-                    last_log = i + 1
-                    self._log(f"epoch {epoch} step {i + 1}/{steps} lr {schedule.lr:.3g}")
-        if pending:
-            loss_sum += self._check_losses(pending, epoch, first_pending)
-        elapsed = time.perf_counter() - t0
-        totals = torch.tensor([loss_sum, float(n_images), float(steps)], dtype=torch.float64)
-        if self.distributed:
-            totals = totals.to(dev) if dist.get_backend() == "nccl" else totals
-            dist.all_reduce(totals)
-            totals = totals.cpu()
-        loss_sum, n_all, steps_all = totals.tolist()
-        return loss_sum / max(1.0, steps_all), n_all / max(elapsed, 1e-9)
-
-    def _check_losses(self, pending: list[torch.Tensor], epoch: int, first_step: int) -> float:
-        """Sum of the pending step losses; raises TrainingError on the first non-finite one
-        (on every rank at once under DDP)."""
-        vals = torch.stack(pending).float()
-        bad = (~torch.isfinite(vals)).any().to(torch.int32).reshape(1)
-        if self.distributed:
-            if dist.get_backend() != "nccl":
-                bad = bad.cpu()
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        vals = vals.cpu()
-        if int(bad.item()):
-            finite = torch.isfinite(vals)
-            if bool(finite.all()):
-                raise TrainingError(
-                    f"non-finite training loss on another rank at epoch {epoch}, "
-                    f"steps {first_step}..{first_step + len(pending) - 1}"
-                )
-            j = int((~finite).nonzero()[0, 0])
-            raise TrainingError(
-                f"non-finite training loss {float(vals[j])} at epoch {epoch}, step "
-                f"{first_step + j} (1-based within the epoch); lower optim.lr, set "
-                "train.grad_clip or check the data"
-            )
-        return float(vals.double().sum())
 
     def _save(
         self,

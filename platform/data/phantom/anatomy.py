@@ -369,7 +369,8 @@ class _SeedKey(ISeedSequence):
 
 def _split_seed(seed: int, stream: int, index: int) -> np.random.Generator:
     """The item's own random generator: ``(seed, stream, index)`` hashed into a PCG64 state."""
-    return np.random.Generator(np.random.PCG64(_SeedKey(f"{seed}/{stream}/{index}".encode())))
+    key = _SeedKey(f"{seed}/{stream}/{index}".encode())
+    return np.random.Generator(np.random.PCG64(key))  # type: ignore[arg-type]  # an ISeedSequence
 
 
 def _trim(cls: int, mask: np.ndarray, r0: int, c0: int) -> _Lesion | None:

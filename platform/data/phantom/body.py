@@ -290,10 +290,10 @@ def _render_anatomy(
     stamp, oy, ox = _clavicle_stamp(sw, s)
     i0 = round((top + d.u(0.07, 0.1) * s) / kw - 0.5) - oy
     j0 = round(cx / kw - 0.5) - ox
-    a, b = max(0, -i0), min(stamp.shape[0], sw - i0)
-    c, f = max(0, -j0), min(stamp.shape[1], sw - j0)
-    if b > a and f > c:
-        a_w[i0 + a : i0 + b, j0 + c : j0 + f] += stamp[a:b, c:f]
+    a, b = max(0, -i0), min(int(stamp.shape[0]), int(sw - i0))
+    cl, cr = max(0, -j0), min(int(stamp.shape[1]), int(sw - j0))
+    if b > a and cr > cl:
+        a_w[i0 + a : i0 + b, j0 + cl : j0 + cr] += stamp[a:b, cl:cr]
 
     # gastric bubble under the image-right hemidiaphragm: a stamp from the bank (half axes
     # snapped to its levels), centred on the work pixel nearest to (gx, gy)
@@ -303,9 +303,9 @@ def _render_anatomy(
     stamp = _bubble_bank(sw, s)[ix][iy]
     i0 = round(gy / kw - 0.5) - stamp.shape[0] // 2
     j0 = round(gx / kw - 0.5) - stamp.shape[1] // 2
-    a, b = max(0, -i0), min(stamp.shape[0], sw - i0)
-    c, f = max(0, -j0), min(stamp.shape[1], sw - j0)
-    if b > a and f > c:
-        win = a_w[i0 + a : i0 + b, j0 + c : j0 + f]
-        cv2.scaleAdd(stamp[a:b, c:f], -d.u(0.05, 0.12), win, dst=win)
+    a, b = max(0, -i0), min(int(stamp.shape[0]), int(sw - i0))
+    cl, cr = max(0, -j0), min(int(stamp.shape[1]), int(sw - j0))
+    if b > a and cr > cl:
+        win = a_w[i0 + a : i0 + b, j0 + cl : j0 + cr]
+        cv2.scaleAdd(stamp[a:b, cl:cr], -d.u(0.05, 0.12), win, dst=win)
     return a_w, occ, fields

@@ -92,7 +92,7 @@ class _RecentView:
                 for t in finished[: -self._k]
                 if t.state == TrialState.COMPLETE and t.value is not None
             )
-            best = heapq.nsmallest(self._n_best, scored, key=lambda t: sign * t.value)
+            best = heapq.nsmallest(self._n_best, scored, key=lambda t: sign * float(t.value or 0))
             recent = sorted([*best, *recent], key=lambda t: t.number)
             seen |= {t.number for t in best}
         running = [t for t in trials if not t.state.is_finished() and t.number not in seen]
@@ -273,6 +273,7 @@ class SweepSearcher(OptunaSearch):
             self._ot_study = state["study"]
             self._publish()
         study = self._ot_study
+        assert study is not None  # set up before Tune restores the searcher
         self._ot_trials = {
             tid: optuna.Trial(study, int(otid)) for tid, otid in state["ot_trials"].items()
         }
@@ -287,6 +288,7 @@ class SweepSearcher(OptunaSearch):
         """Tell FAIL every RUNNING study trial that no live Tune trial holds (a killed driver
         asked it after Tune's last state save). Returns how many were settled."""
         study = self._ot_study
+        assert study is not None  # set up before the driver settles lost trials
         held = {t._trial_id for tid, t in self._ot_trials.items() if tid in known}
         n = 0
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -307,7 +309,7 @@ class SweepSearcher(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         out = super().suggest(trial_id)
         ot = self._ot_trials.get(trial_id)
-        if ot is not None:
+        if ot is not None and self._ot_study is not None:
             self._ot_study._storage.set_trial_user_attr(ot._trial_id, "tune_trial_id", trial_id)
         return out
 
@@ -328,6 +330,7 @@ class SweepSearcher(OptunaSearch):
 
     def _tell(self, trial_id: str, state: TrialState, values: Any = None) -> None:
         try:
+            assert self._ot_study is not None
             self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
         except Exception as e:  # noqa: BLE001 - Optuna refuses e.g. a finished trial
             log.warning("could not tell Optuna trial %s %s: %s", trial_id, state.name, e)

@@ -111,7 +111,9 @@ def init_ray(
             num_gpus=num_gpus,
             **kwargs,
         )
-    session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
+    node = ray._private.worker.global_worker.node
+    assert node is not None  # ray.init above started this node
+    session_dir = node.get_session_dir_path()
     try:
         reaper.spawn(os.getpid(), session_dir)
     except (OSError, subprocess.SubprocessError) as e:  # the sweep runs without it

@@ -98,7 +98,7 @@ def labels_of(ds: SplitDataset) -> tuple[np.ndarray, np.ndarray]:
     """Image labels ``[N, K]`` and their known-mask of a dataset (without decoding if possible)."""
     t = getattr(ds, "targets", None)
     m = getattr(ds, "target_mask", None)
-    n = len(ds)  # type: ignore[arg-type]
+    n = len(ds)
     if isinstance(t, np.ndarray) and t.ndim == 2 and t.shape[0] == n:
         mask = m if isinstance(m, np.ndarray) and m.shape == t.shape else np.ones_like(t)
         return t.astype(np.float32), mask.astype(np.float32)

@@ -129,7 +129,7 @@ def propagate(
     boundary = net.boundary(x).float()
     rw = random_walk(
         cams, boundary, beta=s["beta"], exp_times=s["exp_times"],
-        radius=effective_radius(s["rw_radius"], grid),  # type: ignore[arg-type]
+        radius=effective_radius(s["rw_radius"], grid),
     )  # fmt: skip
     return masks_from_random_walk(rw, labels, s["bg_threshold"], tuple(x.shape[-2:]))
 
