@@ -114,7 +114,6 @@ __all__ = [
 ]
 
 SEARCHERS = tuple(SAMPLERS.names())
-_MULTI_OBJECTIVE_SEARCHERS = MULTI_OBJECTIVE
 
 _TOP = (
     "name",
@@ -316,33 +315,10 @@ def _plain(x: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-#: the spec of ``lesionsweep sweep`` with no argument: the ``demo`` space on a small synthetic
-#: phantom with a tiny backbone, sized to finish in about 5 minutes on an idle 2-core CPU laptop
-#: (up to about 10 when the cores are busy with other work)
-DEMO_SPEC_YAML = """\
-name: demo
-description: demo sweep on the synthetic phantom with a tiny backbone (2-core CPU, 5-10 minutes)
-data:
-  dataset: phantom
-  image_size: 128
-  options: {num_train: 256, num_val: 96}
-base:
-  train.epochs: 8
-  train.batch_size: 16
-  train.log_images: 2
-  train.device: cpu
-  eval.batch_size: 24
-spaces: [demo]
-space_selection: round_robin
-objective: {metric: val/auroc_macro, mode: max}
-searcher: tpe
-early_stopping: {scheduler: asha, grace_period: 2, reduction_factor: 2}
-budget: {trials: 20}
-resources: {workers: 1, cpus_per_worker: 1}
-concurrency: 2
-seed: 0
-storage: sweeps
-"""
+#: the spec of ``lesionsweep sweep`` with no argument (package data next to this module): the
+#: ``demo`` space on a small synthetic phantom with a tiny backbone, sized for a 2-core CPU laptop
+DEMO_SPEC_PATH = Path(__file__).with_name("demo_sweep.yaml")
+DEMO_SPEC_YAML = DEMO_SPEC_PATH.read_text()
 
 
 def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
@@ -456,10 +432,10 @@ def spec_from_dict(
         raise ConfigError(
             f"{source}: searcher {s_name!r} is not allowed; choose one of: {', '.join(SEARCHERS)}"
         )
-    if objective.multi and s_name not in _MULTI_OBJECTIVE_SEARCHERS:
+    if objective.multi and s_name not in MULTI_OBJECTIVE:
         raise ConfigError(
             f"{source}: searcher {s_name!r} is single-objective; with several objective metrics "
-            f"choose one of: {', '.join(_MULTI_OBJECTIVE_SEARCHERS)}"
+            f"choose one of: {', '.join(MULTI_OBJECTIVE)}"
         )
     if "seed" in s_opts:
         raise ConfigError(f"{source}: searcher.seed: set the spec's top-level seed instead")
