@@ -8,15 +8,17 @@ bugs (or shown with ``--debug``).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .config import DataConfig, config_from_dict, load_config, merge_flat, parse_overrides
-from .data import build_cache
+from .data import SPLITS, build_cache
 from .data.phantom import save_preview
+from .data.sources import DATASETS
 from .errors import LesionSweepError
 from .methods import loss_names, loss_params, method_names, method_params
 from .sweep.commands import add_subparsers as add_sweep_commands
@@ -39,21 +41,55 @@ def add_set_option(parser: argparse.ArgumentParser, help_text: str = CONFIG_SET_
     parser.add_argument("--set", action="append", metavar=SET_METAVAR, help=help_text)
 
 
+#: metric names (after the ``<split>/`` prefix) the compact tables of train / evaluate show
+HEADLINE = (
+    "loss",
+    "auroc_macro",
+    "point_acc_micro",
+    "iobb@0.5",
+    "maxboxacc_v2",
+    "pxap",
+    "dice_pooled",
+    "dice_per_image",
+    "hit_rate",
+    "miou",
+    "shortcut_pointing",
+)
+
+
+def headline_table(metrics: Mapping[str, Any], title: str) -> str:
+    """A compact two-column table of the headline keys present in ``metrics`` (any split
+    prefix), e.g. ``val/auroc_macro``; the full set goes to a file or ``--json``."""
+    rows = [
+        (k, v)
+        for k, v in metrics.items()
+        if "/" in k and k.split("/", 1)[1] in HEADLINE and isinstance(v, (int, float))
+    ]
+    rows.sort(key=lambda kv: (kv[0].split("/", 1)[0], HEADLINE.index(kv[0].split("/", 1)[1])))
+    width = max([len(k) for k, _ in rows] + [len(title)])
+    lines = [title, "-" * (width + 12)]
+    lines += [f"{k:<{width}}  {v:>10.4f}" for k, v in rows]
+    return "\n".join(lines)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides=parse_overrides(args.set))
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     res = run_training(cfg, out, resume=not args.no_resume, progress=True)
+    summary = {
+        "out_dir": str(res.out_dir),
+        "best_epoch": res.best_epoch,
+        "best": res.best,
+        "final": res.final,
+        "wall_time_s": round(res.wall_time_s, 2),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(headline_table(res.best, f"best epoch {res.best_epoch} of {res.epochs_run}"))
     print(
-        json.dumps(
-            {
-                "out_dir": str(res.out_dir),
-                "best_epoch": res.best_epoch,
-                "best": res.best,
-                "final": res.final,
-                "wall_time_s": round(res.wall_time_s, 2),
-            },
-            indent=2,
-        )
+        f"run folder {res.out_dir} ({res.wall_time_s:.0f} s): every epoch's metrics in "
+        f"metrics.jsonl, TensorBoard in tensorboard/; --json prints them all"
     )
     return 0
 
@@ -70,7 +106,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         which=args.which,
     )
-    print(json.dumps(metrics, indent=2, sort_keys=True))
+    if args.json:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+        return 0
+    print(headline_table(metrics, f"{args.split}: {args.source}"))
+    where = f"all {len(metrics)} metrics in {args.out}" if args.out else "--out FILE keeps them all"
+    print(f"{where}; --json prints them")
     return 0
 
 
@@ -112,19 +153,32 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("lesionsweep")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lesionsweep",
         description="Hyperparameter sweeps for weakly supervised lesion localization on CXRs.",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    p.add_argument("--version", action="version", version=f"lesionsweep {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one config (YAML) without Ray")
-    t.add_argument("config")
+    t.add_argument(
+        "config", help="run config YAML (sections method, loss, data, optim, train, eval)"
+    )
     t.add_argument("--out", help="run folder (default: runs/<config stem>)")
     add_set_option(t)
-    t.add_argument("--no-resume", action="store_true", help="start over even if a run exists")
+    t.add_argument(
+        "--no-resume", action="store_true", help="start over even if the run folder has a run"
+    )
+    t.add_argument("--json", action="store_true", help="print the best and final metrics as JSON")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser(
@@ -133,32 +187,47 @@ def build_parser() -> argparse.ArgumentParser:
         "(the only way to touch a test split)",
     )
     e.add_argument("source", help="run folder, checkpoint .pt, or config .yaml")
-    e.add_argument("--split", default="test-loc")
-    e.add_argument("--out", help="write the metrics as JSON here")
-    e.add_argument("--batch-size", type=int)
-    e.add_argument("--device", default="auto")
     e.add_argument(
-        "--which", choices=("best", "last"), default="best", help="checkpoint of a run folder"
+        "--split",
+        required=True,
+        choices=SPLITS,
+        help="the split to evaluate, named explicitly (a test split is evaluated only here)",
     )
+    e.add_argument("--out", help="also write every metric as JSON to this file")
+    e.add_argument(
+        "--batch-size", type=int, help="evaluation batch size (default: eval.batch_size)"
+    )
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    e.add_argument(
+        "--which",
+        choices=("best", "last"),
+        default="best",
+        help="checkpoint of a run folder (default: best)",
+    )
+    e.add_argument("--json", action="store_true", help="print every metric as JSON")
     add_set_option(e)
     e.set_defaults(func=_cmd_evaluate)
 
     c = sub.add_parser("cache", help="resize a dataset once into a fast on-disk cache")
     c.add_argument("out", help="cache folder to create")
     c.add_argument("--config", help="take the data section of this run config")
-    c.add_argument("--dataset", default="phantom")
-    c.add_argument("--root")
-    c.add_argument("--image-size", type=int, default=256)
+    c.add_argument(
+        "--dataset", default="phantom", choices=DATASETS.names(), help="dataset (default: phantom)"
+    )
+    c.add_argument("--root", help="folder with the dataset's official files (not for phantom)")
+    c.add_argument("--image-size", type=int, default=256, help="side of the cached images (256)")
     c.add_argument("--splits", help="comma-separated splits (default: all the dataset has)")
-    c.add_argument("--skip-bad-images", action="store_true")
+    c.add_argument(
+        "--skip-bad-images", action="store_true", help="skip (and list) unreadable images"
+    )
     add_set_option(c)
     c.set_defaults(func=_cmd_cache)
 
     pv = sub.add_parser("preview", help="write a PNG grid of synthetic phantoms with their boxes")
-    pv.add_argument("--out", default="phantom_preview.png")
-    pv.add_argument("--n", type=int, default=8)
-    pv.add_argument("--image-size", type=int, default=256)
-    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--out", default="phantom_preview.png", help="PNG path (phantom_preview.png)")
+    pv.add_argument("--n", type=int, default=8, help="number of films (default: 8)")
+    pv.add_argument("--image-size", type=int, default=256, help="film side in pixels (256)")
+    pv.add_argument("--seed", type=int, default=0, help="phantom seed (default: 0)")
     pv.set_defaults(func=_cmd_preview)
 
     m = sub.add_parser("methods", help="list registered methods and losses with their defaults")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,7 +32,6 @@ def train_epoch(
     cfg: RunConfig,
     dev: torch.device,
     distributed: bool,
-    log: Callable[[str], None],
 ) -> tuple[float, float]:
     """One epoch of optimiser steps; returns (mean loss over steps, images/s all ranks)."""
     base: Any = unwrap_model(model)
@@ -46,8 +44,6 @@ def train_epoch(
     loss_sum = 0.0
     n_images = 0
     t0 = time.perf_counter()
-    log_every = max(1, steps // 10)
-    last_log = 0
     for i, batch in enumerate(loader):
         if i >= steps:
             break
@@ -75,9 +71,6 @@ def train_epoch(
             loss_sum += check_losses(pending, epoch, first_pending, distributed)
             first_pending = i + 2
             pending = []
-            if i + 1 - last_log >= log_every:
-                last_log = i + 1
-                log(f"epoch {epoch} step {i + 1}/{steps} lr {schedule.lr:.3g}")
     if pending:
         loss_sum += check_losses(pending, epoch, first_pending, distributed)
     elapsed = time.perf_counter() - t0

@@ -385,7 +385,7 @@ class Trainer:
                 train_loss, ips = train_epoch(
                     net, model, train_loader, optimizer, schedule, scaler, amp_dtype,
                     epoch, steps_per_epoch,
-                    cfg=cfg, dev=dev, distributed=self.distributed, log=self._log,
+                    cfg=cfg, dev=dev, distributed=self.distributed,
                 )  # fmt: skip
                 metrics: dict[str, float] | None = None
                 overlays: list[Any] = []

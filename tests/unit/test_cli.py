@@ -30,10 +30,17 @@ def test_train_then_evaluate_test_split(tmp_path: Path, capsys: pytest.CaptureFi
     cfg = _write(tmp_path / "tiny.yaml", TINY)
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--out", str(run)]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["best_epoch"] == 1 and (run / "checkpoints" / "best.pt").is_file()
+    table = capsys.readouterr().out  # a compact headline table by default
+    assert "best epoch 1 of 1" in table and "val/auroc_macro" in table
+    assert (run / "checkpoints" / "best.pt").is_file()
+    assert main(["train", str(cfg), "--out", str(run), "--json"]) == 0  # resumes: finished
+    assert json.loads(capsys.readouterr().out)["best_epoch"] == 1
     metrics_file = tmp_path / "m.json"
-    assert main(["evaluate", str(run), "--split", "test-loc", "--out", str(metrics_file)]) == 0
+    args = ["evaluate", str(run), "--split", "test-loc", "--out", str(metrics_file)]
+    assert main(args) == 0
+    compact = capsys.readouterr().out
+    assert "test-loc/auroc_macro" in compact and str(metrics_file) in compact
+    assert main([*args, "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert "test-loc/auroc_macro" in printed
     written = json.loads(metrics_file.read_text())
@@ -249,3 +256,21 @@ def test_every_set_option_has_one_convention() -> None:
                 assert action.metavar == "PATH=VALUE", name
                 assert "dotted PATH" in (action.help or ""), name
     assert {"train", "evaluate", "cache", "sweep"} <= set(seen)
+
+
+def test_version_and_compact_evaluate_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lesionsweep.cli import headline_table
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("lesionsweep ")
+    with pytest.raises(SystemExit) as e:  # evaluate names its split explicitly
+        main(["evaluate", str(tmp_path)])
+    assert e.value.code == 2 and "--split" in capsys.readouterr().err
+    table = headline_table(
+        {"val/auroc_macro": 0.9, "val/auroc/nodule": 0.8, "val/pxap": 0.25, "epoch": 3.0}, "best"
+    )
+    assert "val/auroc_macro" in table and "val/pxap" in table
+    assert "nodule" not in table and "epoch" not in table
