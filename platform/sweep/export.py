@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from ..config import config_from_dict, dump_config
+from ..config import RunConfig, config_from_dict, dump_config
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from .datakey import store_folder
@@ -133,6 +133,20 @@ def pareto_front(
     return [r for r, _ in front]
 
 
+def standalone_config(loc: SweepLocation, row: Mapping[str, Any]) -> RunConfig:
+    """A trial's run config as it runs outside its sweep: its ``config_json`` without the
+    ``data.cache`` the sweep prepared (that cache holds only the splits trials read, never the
+    test split ``lesionsweep evaluate`` and ``study`` need); a cache the user named stays."""
+    raw = yaml.safe_load(loc.read_bytes(SPEC_FILE).decode()) or {}
+    store = store_folder(str(raw.get("data_cache") or "none"), loc.root)
+    cfg = config_from_dict(
+        json.loads(row["config_json"]), source=f"{loc.join(TRIALS_FILE)} {row['trial_id']}"
+    )
+    if store is not None and cfg.data.cache and Path(cfg.data.cache).parent == store:
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, cache=None))
+    return cfg
+
+
 def export_sweep(
     sweep: str | Path,
     top_k: int = 1,
@@ -200,16 +214,10 @@ def export_sweep(
             f"{loc.root}: no completed trial with a finite {by}.{metrics[0]} to export "
             f"(trials by status: {counts or 'none'})"
         )
-    raw = yaml.safe_load(loc.read_bytes(SPEC_FILE).decode()) or {}
-    store = store_folder(str(raw.get("data_cache") or "none"), loc.root)
     exported: list[Exported] = []
     for group, sel in groups:
         for rank, row in enumerate(sel, start=1):
-            cfg = config_from_dict(
-                json.loads(row["config_json"]), source=f"{loc.join(TRIALS_FILE)} {row['trial_id']}"
-            )
-            if store is not None and cfg.data.cache and Path(cfg.data.cache).parent == store:
-                cfg = cfg.replace(data=dataclasses.replace(cfg.data, cache=None))
+            cfg = standalone_config(loc, row)
             single = len(sel) == 1 and not pareto
             name = f"{group}.yaml" if single else f"{group}_{rank:02d}_{row['trial_id']}.yaml"
             path = out / name

@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from ..training import evaluate, run_training
 from .commands import resume_sweep, run_sweep
-from .export import SPEC_FILE, select_trials
+from .export import SPEC_FILE, select_trials, standalone_config
 from .results import TRIALS_FILE, read_table
 from .spec import load_spec, parse_overrides
 from .storage import SweepLocation
@@ -202,9 +202,7 @@ def run_study(
     ledger = Ledger(study / "ledger.jsonl")
     runs: list[StudyRun] = []
     for rank_row in selected:
-        base = config_from_dict(
-            json.loads(rank_row["config_json"]), source=f"{local} {rank_row['trial_id']}"
-        )
+        base = standalone_config(SweepLocation.parse(local), rank_row)
         for i in range(seeds):
             seed = SEED_BASE + i
             cfg = config_from_dict(merge_flat(base.to_dict(), {"train.seed": seed}, "study"))
