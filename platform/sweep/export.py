@@ -35,6 +35,7 @@ import yaml
 from ..config import RunConfig, config_from_dict, dump_config
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
+from ..ranking import order_sign
 from .datakey import store_folder
 from .results import TRIALS_FILE, read_table
 from .storage import SweepLocation
@@ -95,8 +96,8 @@ def select_trials(
     """
     ok = [r for r in rows if r.get("status") == "completed" and _value(r, metric, by) is not None]
     ok.sort(key=lambda r: r["trial_id"])
-    sign = -1.0 if mode == "max" else 1.0
-    ok.sort(key=lambda r: sign * _value(r, metric, by))  # type: ignore[operator]
+    sign = order_sign(mode)
+    ok.sort(key=lambda r: sign * _value(r, metric, by))
     return ok[:top_k]
 
 
@@ -118,7 +119,7 @@ def pareto_front(
         clean = [v for v in vals if v is not None]
         if len(clean) != len(vals):
             continue
-        signed = [v if mode == "max" else -v for v, mode in zip(clean, modes, strict=True)]
+        signed = [-order_sign(mode) * v for v, mode in zip(clean, modes, strict=True)]
         pts.append((r, signed))
     front = []
     for r, a in pts:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..ranking import order_sign
 from .report.data import SweepData, objective_value
 
 __all__ = ["Leaderboard", "build_leaderboard", "format_table", "HEADLINE"]
@@ -73,7 +74,7 @@ def _headline_columns(data: SweepData) -> list[str]:
 
 def _sort_key(row: Mapping[str, Any], metric: str, mode: str) -> tuple[int, float, str]:
     v = objective_value(row, metric)
-    sign = -1.0 if mode == "max" else 1.0
+    sign = order_sign(mode)
     return (
         _STATUS_ORDER.get(str(row.get("status")), 5) if v is not None else 9,
         sign * v if v is not None else math.inf,

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from ..ranking import is_better
 from .results import EPOCHS_FILE, TRIALS_FILE, TrialRecord
 
 __all__ = ["ProgressPrinter", "BestTrial", "SweepSummary", "summarize"]
@@ -104,8 +105,7 @@ class ProgressPrinter:
         v = rec.final.get(self.metric)
         if v is None or not math.isfinite(v) or rec.status != "completed":
             return
-        better = self.best is None or (v > self.best[0] if self.mode == "max" else v < self.best[0])
-        if better:
+        if is_better(v, None if self.best is None else self.best[0], self.mode):
             self.best = (v, rec.trial_id)
 
     def started(self, rec: TrialRecord, counts: Mapping[str, int]) -> None:
@@ -258,8 +258,7 @@ def summarize(
             return rank[r.status] < rank[cur.status]
         if r.epochs_run != cur.epochs_run and r.status != "completed":
             return r.epochs_run > cur.epochs_run  # partial trials: the one trained longest
-        v, w = r.final[m0], cur.final[m0]
-        return v > w if mode0 == "max" else v < w
+        return is_better(r.final[m0], cur.final[m0], mode0)
 
     for r in sorted(records, key=lambda r: r.trial_id):
         v = r.final.get(m0)

@@ -66,6 +66,7 @@ from ..data import build_dataset
 from ..errors import ConfigError, DataError, TrainingError, refuse_test_split
 from ..fileio import atomic_write_text
 from ..methods import method_class
+from ..ranking import is_better
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
@@ -174,16 +175,6 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = list(v) if isinstance(v, tuple) else v
     return out
-
-
-def _is_better(value: float, best: float | None, mode: str) -> bool:
-    if best is None:
-        return True
-    if not math.isfinite(value):
-        return False
-    if not math.isfinite(best):
-        return True
-    return value > best if mode == "max" else value < best
 
 
 class Trainer:
@@ -427,7 +418,7 @@ class Trainer:
                 schedule.end_epoch(metrics["val/loss"])
                 key = cfg.eval.select_metric
                 value = float(metrics[key])
-                is_best = _is_better(value, None if best is None else best["value"],
+                is_best = is_better(value, None if best is None else best["value"],
                                      cfg.eval.select_mode)  # fmt: skip
                 if is_best:
                     best = {"epoch": epoch, "value": value}
@@ -491,7 +482,7 @@ class Trainer:
         best: tuple[int, float] | None = None
         for h in history:
             value = float(h.get(key, math.nan))
-            if _is_better(value, None if best is None else best[1], mode):
+            if is_better(value, None if best is None else best[1], mode):
                 best = (int(h["epoch"]), value)
         assert best is not None
         by_epoch = {int(h["epoch"]): h for h in history}

@@ -19,6 +19,7 @@ RANKS = {
     "errors": 0,
     "values": 1,
     "fileio": 1,
+    "ranking": 1,
     "config": 1,
     "cluster": 1,
     "search_spaces": 1,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from ...errors import ConfigError, LesionSweepError
+from ...ranking import is_better
 from ...training import finalize_checkpoints
 from ..hparams import write_session_end, write_session_start
 from ..results import EpochRecord, TrialRecord
@@ -161,9 +161,7 @@ class ResultsCallback(tune.Callback):
         best = None
         for r in rows:
             v = r.metrics.get(m)
-            if v is None or not math.isfinite(v):
-                continue
-            if best is None or (v > best.metrics[m] if mode == "max" else v < best.metrics[m]):
+            if is_better(v, None if best is None else best.metrics[m], mode):
                 best = r
         if best is not None:
             rec.best_epoch = best.epoch

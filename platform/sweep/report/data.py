@@ -24,6 +24,7 @@ import optuna
 import yaml
 
 from ...errors import ConfigError
+from ...ranking import is_better
 from ..export import SPEC_FILE
 from ..results import EPOCHS_FILE, TRIALS_FILE, read_table
 from ..spaces import Choice, Const, FloatRange, IntRange
@@ -287,7 +288,7 @@ def best_so_far(data: SweepData) -> tuple[list[int], list[float]]:
         if end is None or end[1] is None or int(e["epoch"]) != end[0]:
             continue
         v = end[1]
-        if best is None or (v > best if data.mode == "max" else v < best):
+        if is_better(v, best, data.mode):
             best = v
             xs.append(spent)
             ys.append(v)

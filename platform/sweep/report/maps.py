@@ -28,6 +28,7 @@ from ...config import config_from_dict
 from ...data import build_dataset
 from ...data.types import collate
 from ...errors import LesionSweepError
+from ...ranking import order_sign
 from ...training import build_method, load_checkpoint, prepare_images, resolve_checkpoint
 from ...training.tensorboard import render_overlay
 from .data import SweepData, objective_value, run_folder
@@ -71,8 +72,8 @@ def choose_trials(data: SweepData, top: int | None = None) -> list[dict[str, Any
         for r in data.trials
         if r["status"] == "completed" and objective_value(r, data.metric) is not None
     ]
-    sign = -1.0 if data.mode == "max" else 1.0
-    done.sort(key=lambda r: (sign * objective_value(r, data.metric), r["trial_id"]))  # type: ignore[operator]
+    sign = order_sign(data.mode)
+    done.sort(key=lambda r: (sign * objective_value(r, data.metric), r["trial_id"]))
     if top is not None:
         return done[:top]
     seen: set[str] = set()

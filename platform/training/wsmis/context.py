@@ -23,6 +23,7 @@ from ...data.types import DatasetInfo, SplitDataset
 from ...errors import ConfigError, TrainingError
 from ...fileio import atomic_write_text
 from ...methods.wsmis import WSMIS
+from ...ranking import best_index
 from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from ..evaluate import json_safe
 from ..runtime import autocast_dtype, check_training_split, prepare_images, resolve_device
@@ -186,16 +187,3 @@ class WsmisContext:
                 f"wsmis stage {stage}: non-finite training loss {float(loss)}; lower the "
                 "stage's learning rate or set train.grad_clip"
             )
-
-
-# ====================================================================== small helpers
-
-
-def best_index(values: Sequence[float], mode: str) -> int:
-    best, bi = None, len(values) - 1
-    for i, v in enumerate(values):
-        if v is None or not math.isfinite(v):
-            continue
-        if best is None or (v > best if mode == "max" else v < best):
-            best, bi = v, i
-    return bi
