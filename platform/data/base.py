@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..errors import DataError, check_keys
 from .images import (
     DICOM_EXTENSIONS,
     pydicom_available,
@@ -96,13 +96,9 @@ def resolve_options(
         DataError: an unknown option (naming it and the allowed ones) or a bad value.
     """
     options = dict(options or {})
-    unknown = sorted(set(options) - set(spec))
-    if unknown:
-        allowed = ", ".join(f"{k} (default {spec[k].default!r})" for k in sorted(spec))
-        raise DataError(
-            f"unknown data option(s) {', '.join(map(repr, unknown))} for dataset {dataset!r}; "
-            f"allowed: {allowed or 'none'}"
-        )
+    check_keys(
+        options, spec, "data.options", "option", owner=f"dataset {dataset!r}", error=DataError
+    )
     out: dict[str, Any] = {}
     for k, opt in spec.items():
         v = options.get(k, opt.default)

@@ -95,7 +95,7 @@ def test_missing_file_columns_and_images(tmp_path: Path) -> None:
 
 
 def test_unknown_option_and_split(rsna_root: Path) -> None:
-    with pytest.raises(DataError, match=r"unknown data option\(s\) 'rle' for dataset 'rsna'"):
+    with pytest.raises(DataError, match=r"unknown options? 'rle' for dataset 'rsna'"):
         RSNADataset(rsna_root, "train", options={"rle": "relative"})
     with pytest.raises(DataError, match=r"unknown split 'dev'"):
         RSNADataset(rsna_root, "dev")

@@ -153,7 +153,7 @@ def test_dicom_images_and_missing_pydicom(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_bad_options(siim_root: Path) -> None:
-    with pytest.raises(DataError, match=r"unknown data option\(s\) 'fold'.*rle.*seed"):
+    with pytest.raises(DataError, match=r"unknown options? 'fold'.*rle.*seed"):
         SIIMDataset(siim_root, "train", options={"fold": 1})
     with pytest.raises(DataError, match=r"val_fraction \+ test_fraction must be < 1"):
         SIIMDataset(siim_root, "train", options={"val_fraction": 0.5, "test_fraction": 0.6})

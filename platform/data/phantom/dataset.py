@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import DataError
+from ...errors import DataError, check_keys
 from ..types import DatasetInfo, Sample
 from .render import _render, split_stream
 from .spec import _SPLIT_ALIASES, PHANTOM_CLASSES, PhantomSpec, _check_int, _Compact
@@ -72,11 +72,7 @@ class PhantomDataset(torch.utils.data.Dataset):
         cache_in_memory: bool = True,
         **unknown: Any,
     ) -> None:
-        if unknown:
-            raise TypeError(
-                f"PhantomDataset got unknown option(s) {sorted(unknown)}; "
-                f"allowed: {list(self._OPTIONS)}"
-            )
+        check_keys(unknown, self._OPTIONS, "PhantomDataset", "option", error=TypeError)
         self.stream = split_stream(split)
         self.split = _SPLIT_ALIASES.get(split, split)
         self.spec = PhantomSpec(
