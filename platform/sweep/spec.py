@@ -75,7 +75,7 @@ from ..config import (
 from ..errors import ConfigError, check_keys
 from ..values import Range, convert, parse_yaml_mapping, read_yaml
 from .datakey import check_data_cache, data_key
-from .samplers import MULTI_OBJECTIVE, SAMPLERS
+from .samplers import MULTI_OBJECTIVE, SAMPLERS, searcher_options
 from .spaces import (
     Const,
     IntRange,
@@ -441,7 +441,7 @@ def spec_from_dict(
         raise ConfigError(f"{source}: searcher.seed: set the spec's top-level seed instead")
     check_keys(
         s_opts,
-        SAMPLERS.params(s_name),
+        searcher_options(s_name),
         source,
         what="option",
         prefix="searcher.",

@@ -397,3 +397,12 @@ def test_absurd_epochs_in_a_spec_are_refused(tmp_path: Path) -> None:
     assert str(e.value) == (
         f"{p}: base train.epochs = 1000000000 is out of range; allowed: [1, 10000]"
     )
+
+
+def test_searcher_options_include_the_sweeps_own(tmp_path: Path) -> None:
+    """The bounded-history TPE's window and the study storage are spec options too."""
+    opts = {"name": "tpe", "max_history": 200, "n_best": 10, "n_startup_trials": 5}
+    spec = load_spec(None, {"searcher": opts, "storage": str(tmp_path)})
+    assert spec.searcher.options["max_history"] == 200
+    with pytest.raises(ConfigError, match=r"unknown option 'searcher.max_histroy'.*max_history"):
+        load_spec(None, {"searcher": {"name": "tpe", "max_histroy": 1}, "storage": str(tmp_path)})

@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from ...errors import ConfigError
+from ..samplers import OWN_OPTIONS, SAMPLERS
 from ..spaces import SpaceSet
 from ..spec import SweepSpec
 from ..storage import SweepLocation
@@ -51,18 +52,6 @@ log = logging.getLogger("lesionsweep.sweep")
 #: keys of the trial config (the flat params live under PARAMS_KEY)
 SPACE_KEY = "_space"
 PARAMS_KEY = "_params"
-#: searcher options that are ours, not the sampler constructor's
-_OWN_OPTIONS = ("storage",)
-
-_SAMPLERS: dict[str, str] = {
-    "tpe": "TPESampler",
-    "random": "RandomSampler",
-    "grid": "GridSampler",
-    "cmaes": "CmaEsSampler",
-    "gp": "GPSampler",
-    "nsga2": "NSGAIISampler",
-    "qmc": "QMCSampler",
-}
 
 
 class _RecentView:
@@ -135,8 +124,10 @@ def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
         ConfigError: an option the sampler does not take, or a missing optional dependency.
     """
     name = spec.searcher.name
-    cls = RecentTPESampler if name == "tpe" else getattr(optuna.samplers, _SAMPLERS[name])
-    opts: dict[str, Any] = {k: v for k, v in spec.searcher.options.items() if k not in _OWN_OPTIONS}
+    cls: Any = RecentTPESampler if name == "tpe" else SAMPLERS.get(name)
+    opts: dict[str, Any] = {
+        k: v for k, v in spec.searcher.options.items() if k not in OWN_OPTIONS["*"]
+    }
     if name == "cmaes":
         try:
             import cmaes  # noqa: F401 - optional dependency of CmaEsSampler
@@ -161,7 +152,7 @@ def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
         allowed = sorted(k for k in params if k not in ("seed", "search_space"))
         raise ConfigError(
             f"{spec.source}: searcher.{bad[0]}: not an option of optuna's {cls.__name__}; "
-            f"allowed: {', '.join(allowed + list(_OWN_OPTIONS))}"
+            f"allowed: {', '.join(allowed + list(OWN_OPTIONS['*']))}"
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
