@@ -10,6 +10,7 @@ their own layout (a multi-stage pipeline) evaluates them through its staged runn
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -22,8 +23,10 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import RunConfig, config_from_dict, load_config, merge_flat
+from ..config import DataConfig, RunConfig, config_from_dict, load_config, merge_flat
 from ..data import build_dataset
+from ..data.cache import read_manifest
+from ..data.types import SplitDataset
 from ..errors import ConfigError, TrainingError
 from ..fileio import atomic_write_text
 from ..methods import method_class
@@ -228,7 +231,7 @@ def evaluate(
         cfg = config_from_dict(merge_flat(cfg.to_dict(), overrides, "evaluate overrides"))
     dev = resolve_device(device)
     seed_everything(cfg.train.seed)
-    dataset = build_dataset(cfg.data, split)
+    dataset = evaluation_dataset(cfg.data, split)
     info = dataset.info
     model = build_method(cfg, info)
     if state is not None:
@@ -278,6 +281,18 @@ def _write_outputs(
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, logits=logits, maps=maps, ids=ids, map_kind=np.asarray(map_kind))
     tmp.replace(path)
+
+
+def evaluation_dataset(data: DataConfig, split: str) -> SplitDataset:
+    """``split`` of ``data``; from the original files when ``data.cache`` lacks that split.
+
+    A sweep prepares a cache of only the splits its trials read (never a test split), and its
+    trials' run configs point at it: evaluating such a run on ``test-loc`` reads the source.
+    A cache that holds the split is used as always (and checked against ``data``).
+    """
+    if data.cache and split not in read_manifest(data.cache).get("splits", ()):
+        data = dataclasses.replace(data, cache=None)
+    return build_dataset(data, split)
 
 
 def _write_result(path: Path, split: str, checkpoint: str | None, out: Mapping[str, Any]) -> None:

@@ -283,8 +283,11 @@ def test_resume_after_killed_driver(tmp_path: Path, ray_session: Any) -> None:
         "from lesionsweep.sweep.commands import run_sweep; "
         f"run_sweep({str(spec)!r}, progress=False, num_cpus=2)"
     )
+    # Tune saves its experiment state every >= 10 s by default; the interrupted trial must be in
+    # a saved state for this test (test_recovery covers a trial Tune never saw), so save often
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], start_new_session=True,
+        [sys.executable, "-c", code], start_new_session=True, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     killed_with: pd.DataFrame | None = None

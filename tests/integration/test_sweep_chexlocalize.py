@@ -83,7 +83,8 @@ def test_sweep_selects_on_val_loc_hit_rate(
 
     # the sealed test split: one evaluation of the best trial reports CheXlocalize's metrics
     best = df.loc[df["final.val-loc/hit_rate"].idxmax()]
-    out = evaluate(best["run_dir"], "test-loc", device="cpu", out_path=tmp_path / "test.json")
+    run = root / best["run_dir"]  # relative to the sweep root; its config reads the sweep's cache
+    out = evaluate(run, "test-loc", device="cpu", out_path=tmp_path / "test.json")
     assert 0.0 <= out["test-loc/hit_rate"] <= 1.0
     assert not math.isnan(out["test-loc/hit_rate/Edema"])  # Edema is segmented in test
     assert math.isnan(out["test-loc/hit_rate/Cardiomegaly"])

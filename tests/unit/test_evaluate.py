@@ -253,3 +253,22 @@ def test_evaluate_saves_per_image_outputs_that_rescore_to_its_metrics(
     again = ImageContributions(suite, [ds[i] for i in range(len(ds))], outs).compute(np.arange(16))
     for key in ("auroc_macro", "point_acc_macro", "iobb@0.5", "maxboxacc_v2", "pxap"):
         assert again[key] == pytest.approx(m[f"test-loc/{key}"], rel=1e-6, nan_ok=True)
+
+
+def test_a_split_the_cache_lacks_is_read_from_the_source(tmp_path: Path) -> None:
+    """A sweep's data cache holds only the splits its trials read: evaluating one of its runs on
+    test-loc reads the original data, a split the cache has comes from the cache."""
+    import dataclasses
+
+    from lesionsweep.config import DataConfig
+    from lesionsweep.data import CachedDataset, build_cache
+    from lesionsweep.training.evaluate import evaluation_dataset
+
+    data = DataConfig(dataset="phantom", image_size=64, options={"num_train": 8, "num_val": 4})
+    cache = build_cache(data, tmp_path / "cache", splits=("train", "val"))
+    cached = dataclasses.replace(data, cache=str(cache))
+    assert isinstance(evaluation_dataset(cached, "val"), CachedDataset)
+    test = evaluation_dataset(cached, "test-loc")
+    assert not isinstance(test, CachedDataset) and len(test) > 0
+    with pytest.raises(Exception, match="test-loc"):
+        build_dataset(cached, "test-loc")  # what evaluate did before

@@ -7,13 +7,13 @@ from pathlib import Path
 import torch
 
 from ...config import MethodConfig, RunConfig
-from ...data import build_dataset
 from ...errors import ConfigError, TrainingError
 from ...methods.backbones import create_backbone
 from ...methods.wsmis import WSMIS
 from ...methods.wsmis.unet import UNet
 from ...metrics import LocalizationSuite
 from ..checkpoint import load_checkpoint
+from ..evaluate import evaluation_dataset
 from ..runtime import (
     autocast_dtype,
     build_method,
@@ -83,7 +83,7 @@ def evaluate_run(
 
     dev = resolve_device(device)
     seed_everything(cfg.train.seed)
-    ds = build_dataset(cfg.data, split)
+    ds = evaluation_dataset(cfg.data, split)
     info = ds.info
     # weights come from the checkpoints: never fetch pretrained ones
     kwargs = {**dict(cfg.method.kwargs), "pretrained": False}
