@@ -308,7 +308,7 @@ def add_subparsers(sub: Any) -> None:
     """Register ``sweep``, ``resume`` and ``export`` on the CLI's sub-parsers."""
     s = sub.add_parser(
         "sweep",
-        help="run a hyperparameter sweep (no SPEC: the ~4-minute CPU demo on the phantom)",
+        help="run a hyperparameter sweep (no SPEC: the ~2-minute CPU demo on the phantom)",
         description="Run a sweep spec with Ray Tune + Optuna. Results: <storage>/<name>/"
         "trials.parquet and epochs.parquet; TensorBoard: tensorboard --logdir <storage>/<name>.",
     )
