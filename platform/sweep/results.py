@@ -323,7 +323,7 @@ def to_parquet_bytes(table: pa.Table) -> bytes:
 
 
 def _read_checked(location: SweepLocation, rel: str) -> pa.Table:
-    table = pq.ParquetFile(io.BytesIO(location.read_bytes(rel))).read()
+    table = pq.ParquetFile(pa.BufferReader(location.read_buffer(rel))).read()
     meta = table.schema.metadata or {}
     version = int(meta.get(_META_VERSION, b"0"))
     if version != SCHEMA_VERSION:

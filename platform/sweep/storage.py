@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from ..fileio import atomic_write_bytes
@@ -94,6 +95,16 @@ class SweepLocation:
         fs, p = self._fs(self.join(rel))
         with fs.open_input_stream(p) as f:
             return f.read()
+
+    def read_buffer(self, rel: str) -> pa.Buffer:
+        """The whole file as an Arrow-owned buffer, for Parquet readers.
+
+        Not Python ``bytes``: Arrow wraps those in a buffer whose release takes the GIL, and
+        Arrow's decode threads may drop the last reference while the interpreter exits, which
+        aborts the process (seen as a driver exiting with SIGABRT after a sweep)."""
+        fs, p = self._fs(self.join(rel))
+        with fs.open_input_stream(p) as f:
+            return f.read_buffer()
 
     def write_bytes(self, rel: str, data: bytes, durable: bool = True) -> None:
         """Write atomically (temp + rename/move); ``durable=False`` skips the fsync of a local

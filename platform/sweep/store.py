@@ -10,7 +10,6 @@ for how readers see a live sweep.
 
 from __future__ import annotations
 
-import io
 import logging
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -74,7 +73,8 @@ def read_epochs_of(
     t = None
     if location.exists(rel):
         try:
-            t = _read_columns(pq.ParquetFile(io.BytesIO(location.read_bytes(rel))), headline_only)
+            buf = pa.BufferReader(location.read_buffer(rel))
+            t = _read_columns(pq.ParquetFile(buf), headline_only)
         except FileNotFoundError:
             t = None  # compacted meanwhile: read the root file
     if t is None:

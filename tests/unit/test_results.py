@@ -165,6 +165,30 @@ def test_fragments_replace_root_rows_and_compaction_keeps_running_trials(tmp_pat
     assert read_table(loc, EPOCHS_FILE).column("trial_id").to_pylist() == ["b"]
 
 
+def test_parquet_reads_never_hand_arrow_python_owned_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Python ``bytes``/file object given to Arrow is released by Arrow's decode threads,
+    which must take the GIL; when that happens while the interpreter exits, the process aborts
+    (a CLI driver exited with SIGABRT in CI). Every reader gets an Arrow-owned source."""
+    loc = SweepLocation(str(tmp_path))
+    store = ResultsStore(loc, "sw", PARAM_TYPES)
+    store.upsert_trial(_trial("a"))
+    write_epoch_fragment(loc, "sw", "a", [EpochRecord("a", "s", "cam", 1, metrics={"v": 1.0})])
+    sources: list[object] = []
+    real = pq.ParquetFile
+
+    def spy(source: object, *a: object, **kw: object) -> pq.ParquetFile:
+        sources.append(source)
+        return real(source, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pq, "ParquetFile", spy)
+    assert read_table(loc).column("trial_id").to_pylist() == ["a"]
+    assert [e.epoch for e in ResultsStore(loc, "sw", PARAM_TYPES).load().epochs_of("a")] == [1]
+    compact(loc)
+    assert sources and all(isinstance(s, pa.NativeFile) for s in sources), sources
+
+
 def test_failed_write_leaves_the_old_file_intact(tmp_path: Path) -> None:
     loc = SweepLocation(str(tmp_path))
     store = ResultsStore(loc, "sw", PARAM_TYPES)
