@@ -163,12 +163,6 @@ def test_local_sweep_listens_on_loopback_only_and_writes_no_token(tmp_path: Path
     assert t.num_rows == 1 and t.column("status").to_pylist() == ["completed"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known issue: with the `lesionsweep` CLI as driver the reaper sometimes exits without "
-    "ending ray::DashboardAgent / ray::RuntimeEnvAgent (failed 2 of 3 runs on 2026-11-30; it "
-    "works when the driver is a plain Python process): see issue 9's closing note",
-)
 def test_killed_driver_leaves_no_ray_process(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()

@@ -12,7 +12,8 @@ names the session folder (``/tmp/ray/session_...``), and all their descendants. 
 is gone it ends the recorded processes that still run (SIGTERM, then SIGKILL after 3 s); when
 the session ended normally (``ray.shutdown()``) it ends any leftover the same way and exits.
 Processes are identified by PID *and* start time, so a reused PID is never touched: only
-processes proven to belong to that session are ever signalled.
+processes proven to belong to that session are ever signalled. A reaper and its launcher name
+the session folder too; they are never members (recording them made the reaper end itself first).
 
 Run as ``python -I reaper.py DRIVER_PID SESSION_DIR``; it imports only psutil.
 """
@@ -30,6 +31,10 @@ import psutil
 
 __all__ = ["spawn", "session_processes", "end_processes", "watch"]
 
+#: this module's file: a reaper (or its launcher) names the session folder too, but is no
+#: member of the session
+_SELF = str(Path(__file__).resolve())
+
 #: seconds between two looks at the driver
 POLL_S = 1.0
 #: seconds between SIGTERM and SIGKILL
@@ -43,7 +48,7 @@ def spawn(driver_pid: int, session_dir: str) -> None:
     driver to wait for.
     """
     subprocess.run(
-        [sys.executable, "-I", str(Path(__file__).resolve()), str(driver_pid), session_dir],
+        [sys.executable, "-I", _SELF, str(driver_pid), session_dir],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -55,9 +60,12 @@ def spawn(driver_pid: int, session_dir: str) -> None:
 
 def _in_session(proc: psutil.Process, session_dir: str) -> bool:
     try:
-        return any(a == session_dir or session_dir + os.sep in a for a in proc.cmdline())
+        args = proc.cmdline()
     except psutil.Error:
         return False
+    if _SELF in args:
+        return False
+    return any(a == session_dir or session_dir + os.sep in a for a in args)
 
 
 def session_processes(driver: psutil.Process, session_dir: str) -> list[psutil.Process]:
@@ -107,6 +115,7 @@ def watch(driver_pid: int, session_dir: str, poll_s: float = POLL_S) -> list[int
         driver = psutil.Process(driver_pid)
     except psutil.Error:
         return []
+    me = os.getpid()
     members: dict[tuple[int, float], psutil.Process] = {}
     while True:
         try:
@@ -114,6 +123,8 @@ def watch(driver_pid: int, session_dir: str, poll_s: float = POLL_S) -> list[int
         except psutil.Error:
             live = []
         for p in live:
+            if p.pid == me:  # the reaper itself, forked from a launcher recorded in a race
+                continue
             try:
                 members.setdefault((p.pid, p.create_time()), p)
             except psutil.Error:
