@@ -134,6 +134,53 @@ def test_recent_tpe_models_a_bounded_history(tmp_path: Path) -> None:
     assert [t.number for t in seen][-10:] == list(range(30, 40))
 
 
+def test_grouped_tpe_adds_each_trial_once_and_draws_exactly_as_optuna(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a conditional space (multivariate + group TPE) the search-space groups are built
+    incrementally: each finished trial is added once, not at every suggest (Optuna re-adds
+    them all: O(trials) per suggest), and the draws are exactly Optuna's."""
+
+    def objective(t: optuna.Trial) -> float:
+        kind = t.suggest_categorical("kind", ["a", "b", "c"])
+        x = t.suggest_float("x", -5, 5)
+        if kind == "a":
+            y = t.suggest_float("ya", 0, 1)
+        elif kind == "b":
+            y = t.suggest_int("yb", 1, 9) / 10
+        else:
+            return -abs(x)
+        if x > 3:  # some trials end pruned, which the groups include
+            raise optuna.TrialPruned()
+        return -((x - 1) ** 2) + y
+
+    opts = dict(seed=5, multivariate=True, group=True, n_startup_trials=6)
+    calls = 0
+    real = optuna.search_space.group_decomposed._SearchSpaceGroup.add_distributions
+
+    def counting(self: object, d: dict[str, object]) -> None:
+        nonlocal calls
+        calls += 1
+        real(self, d)  # type: ignore[arg-type]
+
+    studies = []
+    for sampler in (backend.RecentTPESampler(**opts), optuna.samplers.TPESampler(**opts)):
+        calls = 0
+        with monkeypatch.context() as m:
+            m.setattr(
+                optuna.search_space.group_decomposed._SearchSpaceGroup,
+                "add_distributions",
+                counting,
+            )
+            st = optuna.create_study(direction="maximize", sampler=sampler)
+            st.optimize(objective, n_trials=60)
+        studies.append((st, calls))
+    (ours, our_calls), (optunas, optuna_calls) = studies
+    assert [t.params for t in ours.trials] == [t.params for t in optunas.trials]
+    assert {t.state for t in ours.trials} >= {optuna.trial.TrialState.PRUNED}
+    assert our_calls <= len(ours.trials) < optuna_calls  # once per finished trial
+
+
 def test_trial_reaching_its_last_epoch_is_not_pruned(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     s = _searcher(backend.SweepSearcher, ctx)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import copy
 import heapq
 import inspect
 import json
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import optuna
+from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace, _SearchSpaceGroup
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
@@ -88,6 +90,33 @@ class _RecentView:
         return recent + running
 
 
+class _IncrementalGroups(_GroupDecomposedSearchSpace):
+    """Optuna's group-decomposed search space, adding each finished trial once.
+
+    Optuna's own ``calculate`` re-adds every finished trial's distributions at every suggest:
+    O(trials) per suggest (~10 us a trial, 0.1 s a suggest at 10,000 trials). Adding a trial's
+    parameter set again never changes the groups (each set already is a union of groups, so
+    the split it makes is empty), in content or order; skipping trials already added therefore
+    gives exactly Optuna's result.
+    """
+
+    def __init__(self, include_pruned: bool) -> None:
+        super().__init__(include_pruned)
+        self._added: set[int] = set()
+
+    def calculate(self, study: optuna.Study, use_cache: bool = False) -> _SearchSpaceGroup:
+        states = (
+            (TrialState.COMPLETE, TrialState.PRUNED)
+            if self._include_pruned
+            else (TrialState.COMPLETE,)
+        )
+        for t in study._get_trials(deepcopy=False, states=states, use_cache=use_cache):
+            if t.number not in self._added:
+                self._added.add(t.number)
+                self._search_space.add_distributions(t.distributions)
+        return copy.deepcopy(self._search_space)
+
+
 class RecentTPESampler(optuna.samplers.TPESampler):
     """Optuna's ``TPESampler`` that models a bounded history (see the module docstring).
 
@@ -102,6 +131,8 @@ class RecentTPESampler(optuna.samplers.TPESampler):
         if max_history < 1 or n_best < 0:
             raise ValueError("max_history must be >= 1 and n_best >= 0")
         self._max_history, self._n_best = int(max_history), int(n_best)
+        if self._group_decomposed_search_space is not None:
+            self._group_decomposed_search_space = _IncrementalGroups(include_pruned=True)
 
     def _view(self, study: optuna.Study) -> Any:
         return _RecentView(study, self._max_history, self._n_best)
