@@ -248,3 +248,32 @@ def test_batch_kernels_reject_nan_and_out_of_range_without_counting() -> None:
     assert mb.count == 0 and mb.num_correct.sum() == 0
     assert px.gt_true_hist.sum() == 0 and px.gt_false_hist.sum() == 0
     assert nih.compute()["nih_num_boxes"] == 0
+
+
+@pytest.mark.parametrize("interval", [0.01, 0.03, 0.001, 0.07, 0.3, 1 / 3, 0.999, 0.0123])
+def test_pxap_grid_kernel_equals_reference_on_every_edge_across_chunks(interval: float) -> None:
+    """The vectorised grid kernel (bins from ``k * step``, one step up/down) against
+    ``searchsorted``: every edge, its neighbouring floats and random values, in maps whose
+    pixel count spans several 4096-pixel chunks and is not a multiple of 4."""
+    rng = np.random.default_rng(21)
+    fast, ref = PxAPEvaluator(interval), ReferencePxAPEvaluator(interval)
+    assert fast._grid  # the grid kernel is the one under test
+    edges = fast.bin_edges[:-2]
+    special = np.concatenate([edges, np.nextafter(edges, 2.0), np.nextafter(edges, -1.0)])
+    maps = rng.random((3, 61, 73))
+    maps.reshape(-1)[: special.size] = np.clip(special, 0.0, 1.0)
+    maps.reshape(-1)[-5:] = [0.0, 1.0, np.nextafter(1.0, 0.0), 5e-324, 0.5]
+    gt = rng.random(maps.shape) < 0.3
+    ignore = rng.random(maps.shape) < 0.1
+    for ev in (fast, ref):
+        ev.accumulate(maps, gt)
+        ev.accumulate(maps[:2], gt[:2], ignore[:2])
+    np.testing.assert_array_equal(fast.gt_true_hist, ref.gt_true_hist)
+    np.testing.assert_array_equal(fast.gt_false_hist, ref.gt_false_hist)
+    assert fast.compute() == ref.compute()
+    fast._grid = False  # the general kernel (any ascending edges) gives the same
+    fast.reset()
+    fast.accumulate(maps, gt)
+    fast.accumulate(maps[:2], gt[:2], ignore[:2])
+    np.testing.assert_array_equal(fast.gt_true_hist, ref.gt_true_hist)
+    np.testing.assert_array_equal(fast.gt_false_hist, ref.gt_false_hist)
