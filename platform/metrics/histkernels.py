@@ -67,20 +67,21 @@ def _grid_bins(maps, gt, step, inv_step, n_grid, idx) -> bool:
     The edges are ``fl(k * step)`` for ``k < n_grid`` (``np.arange(0, 1, step)``), then 1, 2, 3.
     ``x = fl(v * fl(1 / step))`` is within a relative ``4 * 2**-53`` of ``v / step`` and each
     edge within ``2**-53`` of ``k * step``, so ``floor(x)`` is the bin or one off it (for fewer
-    than 2**50 edges); one step up and one step down, each an exact comparison with the edge
-    recomputed as numpy computed it, give the bin.
+    than 2**29 edges, int32 here); one step up and one step down, each an exact comparison with
+    the edge recomputed as numpy computed it, give the bin.
     """
     bad = False
-    top = n_grid - 1
+    one = np.int32(1)
+    top = np.int32(n_grid - 1)  # int32 lanes: twice as many per vector as int64
     for i in range(maps.shape[0]):
         v = maps[i]
         bad |= (v < 0.0) | (v > 1.0) | (v != v)
-        k = min(np.int64(v * inv_step), top)
-        up = 1.0 if k == top else (k + 1) * step
-        k = k + 1 if up <= v else k
-        lo = 1.0 if k == n_grid else k * step
-        k = k - 1 if lo > v else k
-        idx[i] = 2 * k + gt[i]
+        k = min(np.int32(v * inv_step), top)
+        up = 1.0 if k == top else (k + one) * step
+        k = k + one if up <= v else k
+        lo = 1.0 if k == top + one else k * step
+        k = k - one if lo > v else k
+        idx[i] = np.int32(2) * k + np.int32(gt[i])
     return bad
 
 
@@ -96,7 +97,8 @@ def pxap_histograms_grid(maps, gt, ignore, step, inv_step, n_grid, hist_false, h
         maps: float64 ``[P]``. gt: uint8 ``[P]`` of 0/1 (a bool array's view; 1 = GT-positive).
         ignore: uint8 ``[P]`` (1 = left out) or ``[0]`` for none.
         step: ``cam_curve_interval``. inv_step: ``1 / step``.
-        n_grid: ``len(np.arange(0, 1, step))``; the caller checks that the edges are those.
+        n_grid: ``len(np.arange(0, 1, step))`` (< 2**29); the caller checks that the edges
+            are those.
         hist_false, hist_true: float64 ``[n_grid + 2]``, added to in place.
 
     Returns:
@@ -107,7 +109,7 @@ def pxap_histograms_grid(maps, gt, ignore, step, inv_step, n_grid, hist_false, h
     use_ignore = ignore.shape[0] == n
     w = 2 * n_bins + 1  # [2 * bin + gt]; slot 2 * n_bins takes ignored pixels
     counts = np.zeros(4 * w, np.int64)
-    idx = np.empty(_CHUNK, np.int64)
+    idx = np.empty(_CHUNK, np.int32)
     for s in range(0, n, _CHUNK):
         e = min(s + _CHUNK, n)
         m = e - s

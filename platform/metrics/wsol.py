@@ -481,7 +481,7 @@ class PxAPEvaluator:
         self.bin_edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
         # the grid kernel recomputes edge k as k * step: only if that is what arange gave
         n = len(self.thresholds)
-        self._grid = bool(np.array_equal(self.thresholds, np.arange(n) * self.step))
+        self._grid = n < 2**29 and bool(np.array_equal(self.thresholds, np.arange(n) * self.step))
         self.reset()
 
     def reset(self) -> None:
