@@ -20,6 +20,7 @@ from lesionsweep.metrics import (
     compute_bboxes_from_scoremaps,
     prepare_scoremaps,
 )
+from lesionsweep.metrics.levelsets import level_boxes
 from lesionsweep.metrics.nih import _component_boxes, normalize_to_255
 from lesionsweep.metrics.reference import (
     ReferenceMaxBoxAccV2Evaluator,
@@ -277,3 +278,38 @@ def test_pxap_grid_kernel_equals_reference_on_every_edge_across_chunks(interval:
     fast.accumulate(maps[:2], gt[:2], ignore[:2])
     np.testing.assert_array_equal(fast.gt_true_hist, ref.gt_true_hist)
     np.testing.assert_array_equal(fast.gt_false_hist, ref.gt_false_hist)
+
+
+def _cam_like(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A trained CAM's look: a low-res bump plus noise, bicubic-upsampled, min-max normalised."""
+    low = rng.normal(scale=0.7, size=(1, max(h // 16, 3), max(w // 16, 3)))
+    yy, xx = np.mgrid[0 : low.shape[1], 0 : low.shape[2]] + 0.5
+    cy, cx = rng.uniform(0.2, 0.8, 2) * low.shape[1:]
+    low[0] += 3 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 2)
+    return prepare_scoremaps(low, (h, w))[0]
+
+
+def test_level_boxes_equal_find_contours_on_cam_like_and_noisy_maps() -> None:
+    """Smooth maps take the run-for-run path for most (row, level) pairs and the general merge
+    where contours split, merge, start or end; noisy ones take the general merge almost always
+    and need more than the kernel's initial 1024 nodes. Every threshold's boxes must be
+    findContours' boxes."""
+    rng = np.random.default_rng(17)
+    taus = np.arange(0, 1, 0.01)
+    smooth = [_cam_like(rng, 70, 90) for _ in range(4)]
+    noisy = [np.clip(m + rng.normal(scale=0.15, size=m.shape), 0, 1) for m in smooth[:2]]
+    for scoremap in smooth + noisy:
+        ours, counts = compute_bboxes_from_scoremaps(scoremap, taus, multi_contour_eval=True)
+        ref, ref_counts = reference_mine_boxes((scoremap * 255).astype(np.uint8), taus, True)
+        assert counts == ref_counts
+        for a, b in zip(ours, ref, strict=True):
+            assert sorted(map(tuple, a.tolist())) == sorted(map(tuple, b.tolist()))
+    q = (noisy[0] * 60).astype(np.uint16)  # 60 levels of pixel noise: thousands of boxes
+    levels, boxes = level_boxes(q, 60)
+    assert len(boxes) > 1024
+    maps = np.stack(smooth + noisy)
+    gts = _random_boxes(rng, len(maps), 70, 90)
+    fast, ref_ev = MaxBoxAccV2Evaluator(), ReferenceMaxBoxAccV2Evaluator()
+    fast.accumulate(maps, gts)
+    ref_ev.accumulate(maps, gts)
+    np.testing.assert_array_equal(fast.num_correct, ref_ev.num_correct)
