@@ -1,10 +1,12 @@
-"""Compiled one-pass kernels for PxAP's histograms and the NIH boxes and tallies.
+"""Compiled kernels for PxAP's histograms and the NIH boxes and tallies.
 
-Each kernel takes a whole batch of maps in one call (no per-map Python or OpenCV call) and fuses
-the input check, the per-pixel arithmetic and the counting into one pass over the pixels. The
-arithmetic is the evaluators' own, operation for operation (same IEEE roundings), so the results
-are bitwise those of :mod:`.reference`; equality is tested in
-``tests/unit/test_metrics_fast_equals_reference.py``.
+Each kernel takes a whole batch of maps in one call (no per-map Python or OpenCV call) and makes
+few passes over the pixels, branch-free (vectorised) where it can: PxAP bins a chunk of pixels
+in one SIMD pass and counts them in a second over the chunk's indices; NIH takes each map's
+range in one pass, codes all its levels' binarisations into one uint8 image in a second, then
+finds each level's components on that image. The arithmetic is the evaluators' own, operation
+for operation (same IEEE roundings), so the results are bitwise those of :mod:`.reference`;
+equality is tested in ``tests/unit/test_metrics_fast_equals_reference.py``.
 
 Compiled with numba (``cache=True``: the first call on a machine compiles for a few seconds).
 """
@@ -147,14 +149,60 @@ def _find(parent, i):
     return i
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def _finite_range(m):
+    """``(all finite, min, max)`` of a float64 ``[H, W]`` map in one vectorised pass (the order
+    of the min/max reductions is free; NaN/inf are still seen: no ``nnan``/``ninf``)."""
+    height, width = m.shape
+    lo = np.inf
+    hi = -np.inf
+    finite = True
+    for y in range(height):
+        src = m[y]
+        for x in range(width):
+            v = src[x]
+            finite &= (v > -np.inf) & (v < np.inf)
+            lo = min(lo, v)
+            hi = max(hi, v)
+    return finite, lo, hi
+
+
 @numba.njit(cache=True, nogil=True)
-def _component_boxes(m, lo, scale, level, parent, bx0, by0, bx1, by1, rs, re, rl, out):
-    """Boxes of the 8-connected components of ``(m - lo) * scale > level`` (run union-find).
+def _level_codes(m, lo, scale, constant, levels, code, row, row_bits):
+    """``code[y, x]``: bit ``l`` set iff the normalised value ``(m[y, x] - lo) * scale`` (0 on a
+    constant map, as :func:`.nih.normalize_to_255`) is ``> levels[l]``, ``l < 8``; vectorised.
+    ``row_bits[y]``: the OR of row ``y``'s codes (a level without foreground in a row skips it).
+    """
+    height, width = m.shape
+    for y in range(height):
+        src = m[y]
+        dst = code[y]
+        if constant:
+            row[:] = 0.0
+        else:
+            for x in range(width):
+                row[x] = (src[x] - lo) * scale
+        for x in range(width):
+            dst[x] = 0
+        for li in range(levels.shape[0]):
+            lv = levels[li]
+            bit = np.uint8(1 << li)
+            for x in range(width):
+                dst[x] |= bit if row[x] > lv else np.uint8(0)
+        acc = np.uint8(0)
+        for x in range(width):
+            acc |= dst[x]
+        row_bits[y] = acc
+
+
+@numba.njit(cache=True, nogil=True)
+def _component_boxes(code, row_bits, bit, parent, bx0, by0, bx1, by1, rs, re, rl, out):
+    """Boxes of the 8-connected components of ``code >> bit & 1`` (run union-find).
 
     Writes continuous boxes ``(x0, y0, x1 + 1, y1 + 1)`` into ``out`` and returns their number.
     ``parent, bx0..by1`` hold one entry per run; ``rs, re, rl`` two rows of runs.
     """
-    height, width = m.shape
+    height, width = code.shape
     n_runs = 0
     prev_lo = 0  # runs of the previous row are rs/re/rl[prev_lo:prev_hi]
     prev_hi = 0
@@ -162,12 +210,12 @@ def _component_boxes(m, lo, scale, level, parent, bx0, by0, bx1, by1, rs, re, rl
     for y in range(height):
         cur_lo = half if prev_lo == 0 else 0
         cur = cur_lo
-        x = 0
+        x = 0 if (row_bits[y] >> bit) & 1 else width  # no foreground in the row: no runs
         while x < width:
-            if (m[y, x] - lo) * scale > level:
+            if (code[y, x] >> bit) & 1:
                 s = x
                 x += 1
-                while x < width and (m[y, x] - lo) * scale > level:
+                while x < width and (code[y, x] >> bit) & 1:
                     x += 1
                 rs[cur] = s
                 re[cur] = x - 1
@@ -279,9 +327,10 @@ def nih_tallies(maps, levels, gt, gt_off, t_iobb, t_iou):
     """Wang's boxes and their per-map counts for a batch of maps, one compiled call.
 
     Per map: min-max to [0, 255] as :func:`.nih.normalize_to_255` (``(v - lo) * (255 / rng)``,
-    constant maps all 0), binarised ``> level`` at each level, 8-connected components' boxes
-    (continuous, exclusive ends), then the counts of :class:`.nih._Tally` for each level and for
-    the union of the levels' boxes (exact duplicates counted once).
+    constant maps all 0), binarised ``> level`` at each level (8 levels per pass, as the bits of
+    a uint8 code image), 8-connected components' boxes (continuous, exclusive ends), then the
+    counts of :class:`.nih._Tally` for each level and for the union of the levels' boxes (exact
+    duplicates counted once).
 
     Args:
         maps: float64 ``[N, H, W]``. levels: float64 ``[L]``.
@@ -314,58 +363,27 @@ def nih_tallies(maps, levels, gt, gt_off, t_iobb, t_iou):
     boxes = np.empty((n_lv * cap, 4), np.float64)
     best_pred = np.empty(n_lv * cap, np.float64)
     keep = np.ones(n_lv * cap, np.bool_)
+    code = np.empty((height, width), np.uint8)
+    row = np.empty(width, np.float64)
+    row_bits = np.empty(height, np.uint8)
     for i in range(n):
         m = maps[i]
-        lo = np.inf
-        hi = -np.inf
-        for y in range(height):
-            for x in range(width):
-                v = m[y, x]
-                if not (v > -np.inf and v < np.inf):
-                    return 1, found_iobb, found_iou, fp_iobb, fp_any
-                lo = min(lo, v)
-                hi = max(hi, v)
+        finite, lo, hi = _finite_range(m)
+        if not finite:
+            return 1, found_iobb, found_iou, fp_iobb, fp_any
         g = gt[gt_off[i] : gt_off[i + 1]]
         n_gt = g.shape[0]
         bi_u = np.full(n_gt, -1.0)
         bo_u = np.full(n_gt, -1.0)
         rng = hi - lo
+        scale = 255.0 / rng if rng != 0 else 0.0
         total = 0
         for li in range(n_lv):
-            if rng == 0:
-                cnt = 0  # a constant map is all 0: no foreground at any level >= 0
-                if levels[li] < 0:
-                    cnt = _component_boxes(
-                        np.zeros((height, width)),
-                        0.0,
-                        1.0,
-                        levels[li],
-                        parent,
-                        bx0,
-                        by0,
-                        bx1,
-                        by1,
-                        rs,
-                        re,
-                        rl,
-                        boxes[total:],
-                    )
-            else:
-                cnt = _component_boxes(
-                    m,
-                    lo,
-                    255.0 / rng,
-                    levels[li],
-                    parent,
-                    bx0,
-                    by0,
-                    bx1,
-                    by1,
-                    rs,
-                    re,
-                    rl,
-                    boxes[total:],
-                )
+            if li % 8 == 0:  # one pass: bit l of code[y, x] is (v - lo) * scale > levels[li + l]
+                _level_codes(m, lo, scale, rng == 0, levels[li : li + 8], code, row, row_bits)
+            cnt = _component_boxes(
+                code, row_bits, li % 8, parent, bx0, by0, bx1, by1, rs, re, rl, boxes[total:]
+            )
             bi = np.full(n_gt, -1.0)
             bo = np.full(n_gt, -1.0)
             _score(boxes[total:], cnt, g, t_iobb, t_iou, bi, bo, best_pred[total:])

@@ -313,3 +313,29 @@ def test_level_boxes_equal_find_contours_on_cam_like_and_noisy_maps() -> None:
     fast.accumulate(maps, gts)
     ref_ev.accumulate(maps, gts)
     np.testing.assert_array_equal(fast.num_correct, ref_ev.num_correct)
+
+
+def test_nih_with_many_levels_signed_zeros_and_infinities_equals_reference() -> None:
+    """More than 8 levels (the kernel codes 8 levels per pass over a map), levels below 0 (on
+    constant maps too) and above 255, maps of +-0.0, and inf/-inf refused like NaN."""
+    rng = np.random.default_rng(23)
+    names = ("a", "b")
+    levels = (-1.0, 0.0, 10.0, 60.0, 100.0, 127.5, 180.0, 200.0, 240.0, 254.9, 255.0, 300.0)
+    maps = _random_maps(rng, 20, 17, 23) * 3.0 - 1.0
+    maps[3] = np.where(rng.random((17, 23)) < 0.5, 0.0, -0.0)  # constant up to the zero's sign
+    maps[4, :, :11] = -0.0
+    classes = rng.integers(0, 2, 20)
+    boxes = [b.astype(np.float64) + 0.25 for b in _random_boxes(rng, 20, 17, 23)]
+    fast, ref = (
+        NihBoxEvaluator(names, levels=levels),
+        ReferenceNihBoxEvaluator(names, levels=levels),
+    )
+    fast.accumulate(maps, classes, boxes)
+    ref.accumulate(maps, classes, boxes)
+    assert _same(fast.compute(), ref.compute())
+    for bad in (np.inf, -np.inf):
+        maps[7, 3, 4] = bad
+        nih = NihBoxEvaluator(names)
+        with pytest.raises(ValueError):
+            nih.accumulate(maps, classes, boxes)
+        assert nih.compute()["nih_num_boxes"] == 0
