@@ -50,6 +50,7 @@ _NODE_FIELDS = 8
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _find(nd, i):
+    """Root of node ``i`` (path halving)."""
     while nd[i, 0] != i:
         nd[i, 0] = nd[nd[i, 0], 0]
         i = nd[i, 0]
@@ -58,6 +59,8 @@ def _find(nd, i):
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _join(nd, a, b):
+    """Union of roots ``a != b`` (of one level and kind): the smaller index stays the root and
+    takes the union of the boxes and of the edge flags. Returns it."""
     if b < a:
         a, b = b, a
     nd[b, 0] = a
@@ -71,13 +74,25 @@ def _join(nd, a, b):
 
 @numba.njit(cache=True, nogil=True)
 def _grow(nd):
-    new = np.empty((2 * nd.shape[0], 8), np.int32)
+    """The node array with twice the room (its nodes copied)."""
+    new = np.empty((2 * nd.shape[0], _NODE_FIELDS), np.int32)
     new[: nd.shape[0]] = nd
     return new
 
 
 @numba.njit(cache=True, nogil=True)
 def _components(img, lut, ev, cnt, R, L, G, nd):
+    """Components and holes of ``lut[img] > k`` for every level ``k``, in one scan of the rows.
+
+    Args:
+        img: uint ``[H, W]`` image; ``lut[v]`` (int32) is the level index of value ``v``.
+        ev, cnt, R, L, G, nd: work arrays from :func:`_scratch` (``nd`` may be replaced by a
+            larger one).
+
+    Returns:
+        ``(nd, n)``: nodes ``nd[:n]`` (see ``_NODE_FIELDS``); each root (``nd[i, 0] == i``) that
+        is a component, or a hole not reaching the edge, has a box (:func:`_node_box`).
+    """
     ev_x = ev[0]
     ev_q = ev[1]
     ev_p = ev[2]
