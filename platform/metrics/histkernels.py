@@ -196,13 +196,19 @@ def _level_codes(m, lo, scale, constant, levels, code, row, row_bits):
 
 
 @numba.njit(cache=True, nogil=True)
-def _component_boxes(code, row_bits, bit, parent, bx0, by0, bx1, by1, rs, re, rl, out):
+def _component_boxes(
+    code, words, width, row_bits, bit, parent, bx0, by0, bx1, by1, rs, re, rl, out
+):
     """Boxes of the 8-connected components of ``code >> bit & 1`` (run union-find).
 
-    Writes continuous boxes ``(x0, y0, x1 + 1, y1 + 1)`` into ``out`` and returns their number.
-    ``parent, bx0..by1`` hold one entry per run; ``rs, re, rl`` two rows of runs.
+    ``code`` is ``[H, W8]`` uint8 (``W8`` a multiple of 8, zeros past ``width``) and ``words``
+    the same memory as uint64 ``[H, W8 / 8]``: eight pixels without (or all with) the bit are
+    passed in one step. Writes continuous boxes ``(x0, y0, x1 + 1, y1 + 1)`` into ``out`` and
+    returns their number. ``parent, bx0..by1`` hold one entry per run; ``rs, re, rl`` two rows
+    of runs.
     """
-    height, width = code.shape
+    height = code.shape[0]
+    ones = np.uint64(0x0101010101010101) << np.uint64(bit)  # the bit in each byte of a word
     n_runs = 0
     prev_lo = 0  # runs of the previous row are rs/re/rl[prev_lo:prev_hi]
     prev_hi = 0
@@ -211,12 +217,23 @@ def _component_boxes(code, row_bits, bit, parent, bx0, by0, bx1, by1, rs, re, rl
         cur_lo = half if prev_lo == 0 else 0
         cur = cur_lo
         x = 0 if (row_bits[y] >> bit) & 1 else width  # no foreground in the row: no runs
+        crow = code[y]
+        wrow = words[y]
         while x < width:
-            if (code[y, x] >> bit) & 1:
+            if x % 8 == 0 and wrow[x // 8] & ones == 0:
+                x += 8
+                continue
+            if (crow[x] >> bit) & 1:
                 s = x
                 x += 1
-                while x < width and (code[y, x] >> bit) & 1:
-                    x += 1
+                while x < width:
+                    if x % 8 == 0 and wrow[x // 8] & ones == ones:
+                        x += 8
+                    elif (crow[x] >> bit) & 1:
+                        x += 1
+                    else:
+                        break
+                x = min(x, width)
                 rs[cur] = s
                 re[cur] = x - 1
                 rl[cur] = n_runs
@@ -227,7 +244,8 @@ def _component_boxes(code, row_bits, bit, parent, bx0, by0, bx1, by1, rs, re, rl
                 by1[n_runs] = y
                 n_runs += 1
                 cur += 1
-            x += 1
+            else:
+                x += 1
         # join with the previous row's runs (8-connectivity: columns within 1)
         i = prev_lo
         j = cur_lo
@@ -363,7 +381,8 @@ def nih_tallies(maps, levels, gt, gt_off, t_iobb, t_iou):
     boxes = np.empty((n_lv * cap, 4), np.float64)
     best_pred = np.empty(n_lv * cap, np.float64)
     keep = np.ones(n_lv * cap, np.bool_)
-    code = np.empty((height, width), np.uint8)
+    words = np.zeros((height, (width + 7) // 8), np.uint64)  # zero past the width
+    code = words.view(np.uint8)
     row = np.empty(width, np.float64)
     row_bits = np.empty(height, np.uint8)
     for i in range(n):
@@ -382,7 +401,20 @@ def nih_tallies(maps, levels, gt, gt_off, t_iobb, t_iou):
             if li % 8 == 0:  # one pass: bit l of code[y, x] is (v - lo) * scale > levels[li + l]
                 _level_codes(m, lo, scale, rng == 0, levels[li : li + 8], code, row, row_bits)
             cnt = _component_boxes(
-                code, row_bits, li % 8, parent, bx0, by0, bx1, by1, rs, re, rl, boxes[total:]
+                code,
+                words,
+                width,
+                row_bits,
+                li % 8,
+                parent,
+                bx0,
+                by0,
+                bx1,
+                by1,
+                rs,
+                re,
+                rl,
+                boxes[total:],
             )
             bi = np.full(n_gt, -1.0)
             bo = np.full(n_gt, -1.0)

@@ -324,6 +324,11 @@ def test_nih_with_many_levels_signed_zeros_and_infinities_equals_reference() -> 
     maps = _random_maps(rng, 20, 17, 23) * 3.0 - 1.0
     maps[3] = np.where(rng.random((17, 23)) < 0.5, 0.0, -0.0)  # constant up to the zero's sign
     maps[4, :, :11] = -0.0
+    maps[5] = 0.0  # runs over whole 8-pixel words, ending on and off word boundaries
+    maps[5, :, :16] = 2.0
+    maps[5, 3:9, 7:23] = 1.5
+    maps[5, 12, 15:17] = 1.0
+    maps[6] = np.where(np.arange(23) % 9 < 7, 2.0, 0.0)[None, :] * (np.arange(17) % 5 > 0)[:, None]
     classes = rng.integers(0, 2, 20)
     boxes = [b.astype(np.float64) + 0.25 for b in _random_boxes(rng, 20, 17, 23)]
     fast, ref = (
