@@ -352,6 +352,21 @@ def level_boxes(q: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True, nogil=True)
+def _quantise(m, image) -> bool:
+    """``image = uint8(m * 255)`` (numpy's truncation) in a vectorised pass; False if a value
+    is NaN or outside [0, 1] (``image`` is then garbage)."""
+    ok = True
+    for y in range(m.shape[0]):
+        src = m[y]
+        dst = image[y]
+        for x in range(src.shape[0]):
+            v = src[x]
+            ok &= (v >= 0.0) & (v <= 1.0)
+            dst[x] = np.uint8(v * 255) if (v >= 0.0) & (v <= 1.0) else np.uint8(0)
+    return ok
+
+
+@numba.njit(cache=True, nogil=True)
 def _maxbox_counts(maps, images, gt, gt_off, taus, deltas, num_correct) -> int:
     quantised = images.shape[0] > 0
     n, height, width = images.shape if quantised else maps.shape
@@ -368,19 +383,12 @@ def _maxbox_counts(maps, images, gt, gt_off, taus, deltas, num_correct) -> int:
         present = np.zeros(256, np.int64)
         if quantised:
             image = images[i]
-            for y in range(height):
-                for x in range(width):
-                    present[image[y, x]] = 1
-        else:
-            m = maps[i]
-            for y in range(height):
-                for x in range(width):
-                    v = m[y, x]
-                    if not (v >= 0.0 and v <= 1.0):
-                        return 1
-                    u = np.uint8(v * 255)
-                    image[y, x] = u
-                    present[u] = 1
+        elif not _quantise(maps[i], image):
+            return 1
+        for y in range(height):
+            row = image[y]
+            for x in range(width):
+                present[row[x]] = 1
         mx = 0
         for v in range(256):
             if present[v]:
