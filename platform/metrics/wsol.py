@@ -37,8 +37,9 @@ Score-map pipeline (per GT-known map):
    [1, 2), [2, 3]``; precision/recall at each bin edge, ``AP = sum precision[i] * (recall[i] -
    recall[i-1])`` over edges with at least one predicted positive, a fraction in [0, 1]
    (wsolevaluation multiplies by 100). The histograms of a batch come from one compiled pass
-   (:func:`~lesionsweep.metrics.histkernels.pxap_histograms`: ``floor(v / b)`` corrected by
-   exact comparisons with the edges, i.e. ``searchsorted(edges, v, "right") - 1``).
+   (:func:`~lesionsweep.metrics.histkernels.pxap_histograms_grid`: ``floor(v / b)`` corrected
+   by exact comparisons with the edges, i.e. ``searchsorted(edges, v, "right") - 1``,
+   vectorised, then counted).
 
 Every metric of lesionsweep is a fraction in [0, 1] (or a count); none is in percent.
 """
@@ -478,6 +479,9 @@ class PxAPEvaluator:
         self.thresholds = cam_thresholds(cam_curve_interval)
         # bins [0, b), ..., [1-b, 1), [1, 2), [2, 3]
         self.bin_edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
+        # the grid kernel recomputes edge k as k * step: only if that is what arange gave
+        n = len(self.thresholds)
+        self._grid = n < 2**29 and bool(np.array_equal(self.thresholds, np.arange(n) * self.step))
         self.reset()
 
     def reset(self) -> None:
@@ -529,17 +533,16 @@ class PxAPEvaluator:
                 raise MetricInputError(f"PxAP: ignore masks {ign.shape} != maps {maps.shape}")
             ignore = np.ascontiguousarray(ign).reshape(-1).view(np.uint8)
         # numba-compiled kernel: imported here so `import lesionsweep.metrics` skips numba
-        from .histkernels import pxap_histograms
+        from .histkernels import pxap_histograms, pxap_histograms_grid
 
-        bad = pxap_histograms(
-            np.ascontiguousarray(maps, dtype=np.float64).reshape(-1),
-            np.ascontiguousarray(gt).reshape(-1).view(np.uint8),
-            ignore,
-            self.bin_edges,
-            1.0 / self.step,
-            self.gt_false_hist,
-            self.gt_true_hist,
-        )
+        flat = np.ascontiguousarray(maps, dtype=np.float64).reshape(-1)
+        flat_gt = np.ascontiguousarray(gt).reshape(-1).view(np.uint8)
+        hists = (self.gt_false_hist, self.gt_true_hist)
+        if self._grid:
+            n = len(self.thresholds)
+            bad = pxap_histograms_grid(flat, flat_gt, ignore, self.step, 1.0 / self.step, n, *hists)
+        else:
+            bad = pxap_histograms(flat, flat_gt, ignore, self.bin_edges, 1.0 / self.step, *hists)
         if bad:  # NaN/inf or out of range: the check names what is wrong
             check_maps(maps, "PxAP", ndim=3, value_range=(0.0, 1.0))
 

@@ -20,6 +20,7 @@ from lesionsweep.metrics import (
     compute_bboxes_from_scoremaps,
     prepare_scoremaps,
 )
+from lesionsweep.metrics.levelsets import level_boxes
 from lesionsweep.metrics.nih import _component_boxes, normalize_to_255
 from lesionsweep.metrics.reference import (
     ReferenceMaxBoxAccV2Evaluator,
@@ -248,3 +249,98 @@ def test_batch_kernels_reject_nan_and_out_of_range_without_counting() -> None:
     assert mb.count == 0 and mb.num_correct.sum() == 0
     assert px.gt_true_hist.sum() == 0 and px.gt_false_hist.sum() == 0
     assert nih.compute()["nih_num_boxes"] == 0
+
+
+@pytest.mark.parametrize("interval", [0.01, 0.03, 0.001, 0.07, 0.3, 1 / 3, 0.999, 0.0123])
+def test_pxap_grid_kernel_equals_reference_on_every_edge_across_chunks(interval: float) -> None:
+    """The vectorised grid kernel (bins from ``k * step``, one step up/down) against
+    ``searchsorted``: every edge, its neighbouring floats and random values, in maps whose
+    pixel count spans several 4096-pixel chunks and is not a multiple of 4."""
+    rng = np.random.default_rng(21)
+    fast, ref = PxAPEvaluator(interval), ReferencePxAPEvaluator(interval)
+    assert fast._grid  # the grid kernel is the one under test
+    edges = fast.bin_edges[:-2]
+    special = np.concatenate([edges, np.nextafter(edges, 2.0), np.nextafter(edges, -1.0)])
+    maps = rng.random((3, 61, 73))
+    maps.reshape(-1)[: special.size] = np.clip(special, 0.0, 1.0)
+    maps.reshape(-1)[-5:] = [0.0, 1.0, np.nextafter(1.0, 0.0), 5e-324, 0.5]
+    gt = rng.random(maps.shape) < 0.3
+    ignore = rng.random(maps.shape) < 0.1
+    for ev in (fast, ref):
+        ev.accumulate(maps, gt)
+        ev.accumulate(maps[:2], gt[:2], ignore[:2])
+    np.testing.assert_array_equal(fast.gt_true_hist, ref.gt_true_hist)
+    np.testing.assert_array_equal(fast.gt_false_hist, ref.gt_false_hist)
+    assert fast.compute() == ref.compute()
+    fast._grid = False  # the general kernel (any ascending edges) gives the same
+    fast.reset()
+    fast.accumulate(maps, gt)
+    fast.accumulate(maps[:2], gt[:2], ignore[:2])
+    np.testing.assert_array_equal(fast.gt_true_hist, ref.gt_true_hist)
+    np.testing.assert_array_equal(fast.gt_false_hist, ref.gt_false_hist)
+
+
+def _cam_like(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A trained CAM's look: a low-res bump plus noise, bicubic-upsampled, min-max normalised."""
+    low = rng.normal(scale=0.7, size=(1, max(h // 16, 3), max(w // 16, 3)))
+    yy, xx = np.mgrid[0 : low.shape[1], 0 : low.shape[2]] + 0.5
+    cy, cx = rng.uniform(0.2, 0.8, 2) * low.shape[1:]
+    low[0] += 3 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 2)
+    return prepare_scoremaps(low, (h, w))[0]
+
+
+def test_level_boxes_equal_find_contours_on_cam_like_and_noisy_maps() -> None:
+    """Smooth maps take the run-for-run path for most (row, level) pairs and the general merge
+    where contours split, merge, start or end; noisy ones take the general merge almost always
+    and need more than the kernel's initial 1024 nodes. Every threshold's boxes must be
+    findContours' boxes."""
+    rng = np.random.default_rng(17)
+    taus = np.arange(0, 1, 0.01)
+    smooth = [_cam_like(rng, 70, 90) for _ in range(4)]
+    noisy = [np.clip(m + rng.normal(scale=0.15, size=m.shape), 0, 1) for m in smooth[:2]]
+    for scoremap in smooth + noisy:
+        ours, counts = compute_bboxes_from_scoremaps(scoremap, taus, multi_contour_eval=True)
+        ref, ref_counts = reference_mine_boxes((scoremap * 255).astype(np.uint8), taus, True)
+        assert counts == ref_counts
+        for a, b in zip(ours, ref, strict=True):
+            assert sorted(map(tuple, a.tolist())) == sorted(map(tuple, b.tolist()))
+    q = (noisy[0] * 60).astype(np.uint16)  # 60 levels of pixel noise: thousands of boxes
+    levels, boxes = level_boxes(q, 60)
+    assert len(boxes) > 1024
+    maps = np.stack(smooth + noisy)
+    gts = _random_boxes(rng, len(maps), 70, 90)
+    fast, ref_ev = MaxBoxAccV2Evaluator(), ReferenceMaxBoxAccV2Evaluator()
+    fast.accumulate(maps, gts)
+    ref_ev.accumulate(maps, gts)
+    np.testing.assert_array_equal(fast.num_correct, ref_ev.num_correct)
+
+
+def test_nih_with_many_levels_signed_zeros_and_infinities_equals_reference() -> None:
+    """More than 8 levels (the kernel codes 8 levels per pass over a map), levels below 0 (on
+    constant maps too) and above 255, maps of +-0.0, and inf/-inf refused like NaN."""
+    rng = np.random.default_rng(23)
+    names = ("a", "b")
+    levels = (-1.0, 0.0, 10.0, 60.0, 100.0, 127.5, 180.0, 200.0, 240.0, 254.9, 255.0, 300.0)
+    maps = _random_maps(rng, 20, 17, 23) * 3.0 - 1.0
+    maps[3] = np.where(rng.random((17, 23)) < 0.5, 0.0, -0.0)  # constant up to the zero's sign
+    maps[4, :, :11] = -0.0
+    maps[5] = 0.0  # runs over whole 8-pixel words, ending on and off word boundaries
+    maps[5, :, :16] = 2.0
+    maps[5, 3:9, 7:23] = 1.5
+    maps[5, 12, 15:17] = 1.0
+    maps[6] = np.where(np.arange(23) % 9 < 7, 2.0, 0.0)[None, :] * (np.arange(17) % 5 > 0)[:, None]
+    classes = rng.integers(0, 2, 20)
+    boxes = [b.astype(np.float64) + 0.25 for b in _random_boxes(rng, 20, 17, 23)]
+    fast, ref = (
+        NihBoxEvaluator(names, levels=levels),
+        ReferenceNihBoxEvaluator(names, levels=levels),
+    )
+    fast.accumulate(maps, classes, boxes)
+    ref.accumulate(maps, classes, boxes)
+    assert _same(fast.compute(), ref.compute())
+    for bad in (np.inf, -np.inf):
+        maps[7, 3, 4] = bad
+        nih = NihBoxEvaluator(names)
+        with pytest.raises(ValueError):
+            nih.accumulate(maps, classes, boxes)
+        assert nih.compute()["nih_num_boxes"] == 0
