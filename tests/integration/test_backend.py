@@ -3,6 +3,7 @@ persistence across a restore, and the sampler factory."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import optuna
@@ -132,6 +133,38 @@ def test_recent_tpe_models_a_bounded_history(tmp_path: Path) -> None:
     best3 = sorted(a.trials[:-10], key=lambda t: -t.value)[:3]
     assert len(seen) == 13 and {t.number for t in best3} <= {t.number for t in seen}
     assert [t.number for t in seen][-10:] == list(range(30, 40))
+
+
+def test_recent_view_kept_incrementally_equals_its_definition() -> None:
+    """The window is kept incrementally (the older trials and their best are remembered); with
+    trials finishing out of order (some long after they started), every call equals the
+    definition: the last k finished, the n_best best older COMPLETE ones, every running one."""
+    rng = random.Random(0)
+    k, n_best = 7, 3
+    st = optuna.create_study(direction="minimize")
+    sampler = backend.RecentTPESampler(max_history=k, n_best=n_best)
+    running: list[optuna.Trial] = []
+    for step in range(300):
+        if rng.random() < 0.55 or not running:
+            running.append(st.ask({"x": optuna.distributions.FloatDistribution(0, 1)}))
+        else:  # mostly the oldest, sometimes one that ran long
+            t = running.pop(0 if rng.random() < 0.7 else rng.randrange(len(running)))
+            if rng.random() < 0.15:
+                st.tell(t, state=optuna.trial.TrialState.PRUNED)
+            else:
+                st.tell(t, round(rng.random(), 2))  # ties are broken by the lower number
+        states = None if step % 2 else (optuna.trial.TrialState.COMPLETE,)
+        got = [t.number for t in sampler._view(st)._get_trials(deepcopy=False, states=states)]
+        trials = st._get_trials(deepcopy=False, states=states)
+        fin = [t for t in trials if t.state.is_finished()]
+        if len(fin) <= k:
+            assert got == [t.number for t in trials]
+            continue
+        old = [t for t in fin[:-k] if t.state == optuna.trial.TrialState.COMPLETE]
+        best = sorted(old, key=lambda t: (t.value, t.number))[:n_best]
+        keep = {t.number for t in fin[-k:]} | {t.number for t in best}
+        want = sorted(keep) + [t.number for t in trials if not t.state.is_finished()]
+        assert got == want, step
 
 
 def test_grouped_tpe_adds_each_trial_once_and_draws_exactly_as_optuna(
