@@ -80,6 +80,31 @@ def _grow(nd):
     return new
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _open_node(nd, n, x0, x1, y, k, hole, edge):
+    """Node ``n``: a run (``hole=0``) or gap (``hole=1``) ``x0..x1`` of row ``y``, level ``k``,
+    its own root. Returns the node array (grown if it was full)."""
+    if n == nd.shape[0]:
+        nd = _grow(nd)
+    nd[n, 0] = n
+    nd[n, 1] = x0
+    nd[n, 2] = x1
+    nd[n, 3] = y
+    nd[n, 4] = y
+    nd[n, 5] = k
+    nd[n, 6] = hole
+    nd[n, 7] = edge
+    return nd
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _extend_node(nd, r, x0, x1, y):
+    """Root ``r`` takes the run/gap ``x0..x1`` of row ``y`` (the rows come in order)."""
+    nd[r, 1] = min(nd[r, 1], x0)
+    nd[r, 2] = max(nd[r, 2], x1)
+    nd[r, 4] = y
+
+
 @numba.njit(cache=True, nogil=True)
 def _components(img, lut, ev, cnt, R, L, G, nd):
     """Components and holes of ``lut[img] > k`` for every level ``k``, in one scan of the rows.
@@ -192,22 +217,11 @@ def _components(img, lut, ev, cnt, R, L, G, nd):
                 if ii > i:
                     i = ii - 1
                 if lab < 0:
-                    if n_nd == nd.shape[0]:
-                        nd = _grow(nd)
+                    nd = _open_node(nd, n_nd, s, e, y, k, 0, 0)
                     lab = n_nd
                     n_nd += 1
-                    nd[lab, 0] = lab
-                    nd[lab, 1] = s
-                    nd[lab, 2] = e
-                    nd[lab, 3] = y
-                    nd[lab, 4] = y
-                    nd[lab, 5] = k
-                    nd[lab, 6] = 0
-                    nd[lab, 7] = 0
                 else:
-                    nd[lab, 1] = min(nd[lab, 1], s)
-                    nd[lab, 2] = max(nd[lab, 2], e)
-                    nd[lab, 4] = y
+                    _extend_node(nd, lab, s, e, y)
                 L[b, k, j] = lab
             if nc >= 2:
                 ps0 = R[p, k, 0] if npv > 0 else 0
@@ -231,22 +245,11 @@ def _components(img, lut, ev, cnt, R, L, G, nd):
                     if ii > i:
                         i = ii - 1
                     if lab < 0:
-                        if n_nd == nd.shape[0]:
-                            nd = _grow(nd)
+                        nd = _open_node(nd, n_nd, a, z, y, k, 1, edge)
                         lab = n_nd
                         n_nd += 1
-                        nd[lab, 0] = lab
-                        nd[lab, 1] = a
-                        nd[lab, 2] = z
-                        nd[lab, 3] = y
-                        nd[lab, 4] = y
-                        nd[lab, 5] = k
-                        nd[lab, 6] = 1
-                        nd[lab, 7] = edge
                     else:
-                        nd[lab, 1] = min(nd[lab, 1], a)
-                        nd[lab, 2] = max(nd[lab, 2], z)
-                        nd[lab, 4] = y
+                        _extend_node(nd, lab, a, z, y)
                         nd[lab, 7] |= edge
                     G[b, k, j] = lab
             if npv >= 2:
