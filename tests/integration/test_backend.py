@@ -167,6 +167,25 @@ def test_recent_view_kept_incrementally_equals_its_definition() -> None:
         assert got == want, step
 
 
+def test_journal_ask_skips_the_waiting_scan_until_a_trial_is_enqueued(tmp_path: Path) -> None:
+    spec = load_spec(None, {"storage": str(tmp_path), "name": "sw"})
+    storage = backend.build_storage(spec, str(tmp_path / "sw"))
+    st = optuna.create_study(storage=storage, study_name="sw")
+    x = optuna.distributions.FloatDistribution(0, 1)
+    for _ in range(3):
+        st.tell(st.ask({"x": x}), 0.5)
+    st.enqueue_trial({"x": 0.25})  # after scans that found none
+    assert st.ask({"x": x}).params == {"x": 0.25}
+    again = optuna.load_study(
+        storage=backend.build_storage(spec, str(tmp_path / "sw")), study_name="sw"
+    )
+    again.enqueue_trial({"x": 0.75})
+    fresh = optuna.load_study(
+        storage=backend.build_storage(spec, str(tmp_path / "sw")), study_name="sw"
+    )
+    assert fresh.ask({"x": x}).params == {"x": 0.75}  # a WAITING trial in the journal it read
+
+
 def test_grouped_tpe_adds_each_trial_once_and_draws_exactly_as_optuna(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

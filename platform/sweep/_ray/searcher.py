@@ -86,9 +86,15 @@ class _RecentView:
     """
 
     def __init__(
-        self, study: optuna.Study, k: int, n_best: int, windows: dict[Any, _Window]
+        self,
+        study: optuna.Study,
+        k: int,
+        n_best: int,
+        windows: dict[Any, _Window],
+        fetched: list[optuna.trial.FrozenTrial] | None = None,
     ) -> None:
         self._study, self._k, self._n_best, self._windows = study, k, n_best, windows
+        self._fetched = fetched
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -96,7 +102,14 @@ class _RecentView:
     def _get_trials(
         self, deepcopy: bool = True, states: Sequence[TrialState] | None = None, **kw: Any
     ) -> list[optuna.trial.FrozenTrial]:
-        trials = self._study._get_trials(deepcopy=deepcopy, states=states, **kw)
+        if deepcopy or self._fetched is None:
+            trials = self._study._get_trials(deepcopy=deepcopy, states=states, **kw)
+        elif states is None:
+            trials = self._fetched
+        else:
+            trials = [t for t in self._fetched if t.state in states]
+        if self._k <= 0:  # the whole study (the search-space groups)
+            return trials
         finished: list[optuna.trial.FrozenTrial] = []
         running: list[optuna.trial.FrozenTrial] = []
         for t in trials:  # one pass: this list is the only O(trials) work of a call
@@ -169,17 +182,32 @@ class RecentTPESampler(optuna.samplers.TPESampler):
             raise ValueError("max_history must be >= 1 and n_best >= 0")
         self._max_history, self._n_best = int(max_history), int(n_best)
         self._windows: dict[Any, _Window] = {}
+        self._fetched: tuple[tuple[int, int], list[optuna.trial.FrozenTrial]] | None = None
         if self._group_decomposed_search_space is not None:
             self._group_decomposed_search_space = _IncrementalGroups(include_pruned=True)
 
-    def _view(self, study: optuna.Study) -> Any:
-        return _RecentView(study, self._max_history, self._n_best, self._windows)
+    def _view(self, study: optuna.Study, trial: Any = None, window: bool = True) -> Any:
+        """The study as TPE sees it while it samples ``trial`` (see :class:`_RecentView`).
+
+        One suggest asks for the study's trials once for the search-space groups and once per
+        group (up to 4 lists of every trial); with ``trial`` the list is fetched once per
+        suggest and shared. Nothing else changes the study while one trial is sampled (the
+        driver is single-threaded), and the trial itself, still RUNNING, is not modelled."""
+        fetched = None
+        if trial is not None:
+            key = (study._study_id, trial.number)
+            if self._fetched is None or self._fetched[0] != key:
+                all_trials = study._get_trials(deepcopy=False, states=None, use_cache=False)
+                self._fetched = (key, all_trials)
+            fetched = self._fetched[1]
+        k = self._max_history if window else 0
+        return _RecentView(study, k, self._n_best, self._windows, fetched)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: Any) -> Any:
-        return super().infer_relative_search_space(study, trial)
+        return super().infer_relative_search_space(self._view(study, trial, window=False), trial)
 
     def _sample(self, study: optuna.Study, trial: Any, search_space: Any) -> dict[str, Any]:
-        return super()._sample(self._view(study), trial, search_space)
+        return super()._sample(self._view(study, trial), trial, search_space)
 
 
 def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
@@ -247,7 +275,37 @@ def build_storage(spec: SweepSpec, root: str) -> optuna.storages.BaseStorage:
     if not loc.is_local:
         return optuna.storages.InMemoryStorage()
     loc.makedirs()
-    return JournalStorage(_JournalFile(loc.join(JOURNAL_FILE)))
+    return _SweepJournal(_JournalFile(loc.join(JOURNAL_FILE)))
+
+
+class _SweepJournal(JournalStorage):
+    """Optuna's journal storage whose ``ask`` does not scan every trial for a WAITING one.
+
+    ``Study.ask`` lists the study's WAITING (enqueued) trials first: O(trials) per suggest.
+    Only ``enqueue_trial`` (a WAITING template to ``create_new_trial``) makes one, so once a
+    scan found none, the answer stays "none" until this storage is asked to create one. The
+    sweep's driver is the journal's only writer.
+    """
+
+    def __init__(self, backend: JournalFileBackend) -> None:
+        super().__init__(backend)
+        self._no_waiting = False
+
+    def create_new_trial(self, study_id: int, template_trial: Any = None) -> int:
+        if template_trial is not None and template_trial.state == TrialState.WAITING:
+            self._no_waiting = False
+        return super().create_new_trial(study_id, template_trial)
+
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Any = None
+    ) -> list[optuna.trial.FrozenTrial]:
+        waiting_only = isinstance(states, tuple) and states == (TrialState.WAITING,)
+        if waiting_only and self._no_waiting:
+            return []
+        trials = super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        if waiting_only:
+            self._no_waiting = not trials
+        return trials
 
 
 class _JournalFile(JournalFileBackend):
