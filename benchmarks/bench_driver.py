@@ -62,7 +62,7 @@ def _rss_now_mb() -> float:
     return float("nan")
 
 
-def run_one(n: int, epochs: int, folder: Path) -> dict[str, float]:
+def run_one(n: int, epochs: int, folder: Path, max_history: int | None = None) -> dict[str, float]:
     from lesionsweep.sweep import backend
     from lesionsweep.sweep.results import EpochRecord
     from lesionsweep.sweep.spec import load_spec
@@ -78,6 +78,7 @@ def run_one(n: int, epochs: int, folder: Path) -> dict[str, float]:
             "budget.trials": n,
             "base.train.epochs": epochs,
             "early_stopping": {"scheduler": "asha", "grace_period": 1, "reduction_factor": 3},
+            **({"searcher": {"name": "tpe", "max_history": max_history}} if max_history else {}),
         },
     )
     ctx = backend.SweepContext(spec=spec, root=str(folder / "bench"), progress=False)
@@ -153,17 +154,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 10000])
     ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument(
+        "--max-history",
+        type=int,
+        help="TPE's bounded history (default: the sweep's, 500 finished trials); TPE's cost per "
+        "suggest grows with it up to that size",
+    )
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         with tempfile.TemporaryDirectory() as d:
-            print(json.dumps(run_one(args.one, args.epochs, Path(d))))
+            print(json.dumps(run_one(args.one, args.epochs, Path(d), args.max_history)))
         return
     rows = []
     for n in args.sizes:
         t0 = time.perf_counter()
         out = subprocess.run(
-            [sys.executable, __file__, "--one", str(n), "--epochs", str(args.epochs)],
+            [sys.executable, __file__, "--one", str(n), "--epochs", str(args.epochs),
+             *(["--max-history", str(args.max_history)] if args.max_history else [])],
             check=True, capture_output=True, text=True,
             env={**os.environ, "PYTHONWARNINGS": "ignore"},
         )  # fmt: skip
