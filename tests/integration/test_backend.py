@@ -3,6 +3,7 @@ persistence across a restore, and the sampler factory."""
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 
@@ -231,6 +232,9 @@ def test_grouped_tpe_adds_each_trial_once_and_draws_exactly_as_optuna(
     assert [t.params for t in ours.trials] == [t.params for t in optunas.trials]
     assert {t.state for t in ours.trials} >= {optuna.trial.TrialState.PRUNED}
     assert our_calls <= len(ours.trials) < optuna_calls  # once per finished trial
+    # the list of trials shared within one suggest is not pickled with the sampler
+    assert ours.sampler._fetched is not None
+    assert pickle.loads(pickle.dumps(ours.sampler))._fetched is None
 
 
 def test_trial_reaching_its_last_epoch_is_not_pruned(tmp_path: Path) -> None:

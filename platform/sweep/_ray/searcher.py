@@ -186,6 +186,9 @@ class RecentTPESampler(optuna.samplers.TPESampler):
         if self._group_decomposed_search_space is not None:
             self._group_decomposed_search_space = _IncrementalGroups(include_pruned=True)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fetched": None}  # one suggest's list of trials: not state
+
     def _view(self, study: optuna.Study, trial: Any = None, window: bool = True) -> Any:
         """The study as TPE sees it while it samples ``trial`` (see :class:`_RecentView`).
 
