@@ -34,7 +34,7 @@ from lesionsweep.methods import LOSSES, METHODS
 
 from .errors import ConfigError, check_keys, refuse_test_split
 from .fileio import atomic_write_text
-from .values import Range, convert, parse_yaml_value, read_yaml
+from .values import Range, convert, parse_yaml_value, plain, read_yaml
 
 SECTIONS = ("method", "loss", "data", "optim", "train", "eval")
 
@@ -210,7 +210,7 @@ class RunConfig:
         for sec in SECTIONS:
             obj = getattr(self, sec)
             if sec in ("method", "loss"):
-                out[sec] = {"name": obj.name, **_plain(dict(obj.kwargs))}
+                out[sec] = {"name": obj.name, **plain(dict(obj.kwargs))}
             else:
                 d = dataclasses.asdict(obj)
                 if sec == "data":
@@ -238,15 +238,6 @@ _DATACLASS_FOR = {
     "train": TrainConfig,
     "eval": EvalConfig,
 }
-
-
-def _plain(x: Any) -> Any:
-    """Tuples as lists and mappings as dicts, recursively (what ``yaml.safe_dump`` writes)."""
-    if isinstance(x, Mapping):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
 
 
 def section_fields(section: str) -> dict[str, dataclasses.Field[Any]]:

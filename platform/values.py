@@ -37,7 +37,7 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["Range", "convert", "describe", "read_yaml", "parse_yaml_value", "YamlLoader"]
+__all__ = ["Range", "convert", "describe", "plain", "read_yaml", "parse_yaml_value", "YamlLoader"]
 
 
 @dataclass(frozen=True)
@@ -303,3 +303,12 @@ def _convert(value: Any, ann: Any, where: str) -> Any:
     if ann is type(None):
         raise _Mismatch
     return value
+
+
+def plain(x: Any) -> Any:
+    """Tuples as lists and mappings as dicts, recursively (what ``yaml.safe_dump`` writes)."""
+    if isinstance(x, collections.abc.Mapping):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    return x

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..values import plain
 from .spaces_distributions import (
     Const,
     Distribution,
@@ -79,7 +80,7 @@ class SearchSpace:
             d = p.dist
             body: dict[str, Any]
             if isinstance(d, Const):
-                body = {"const": _plain(d.value)}
+                body = {"const": plain(d.value)}
             elif isinstance(d, IntRange):
                 body = {"int": [d.low, d.high]}
                 if d.log:
@@ -100,7 +101,7 @@ class SearchSpace:
         return {
             "name": self.name,
             "description": self.description,
-            "base": _plain(self.base),
+            "base": plain(self.base),
             "parameters": params,
         }
 
@@ -275,11 +276,3 @@ class SpaceSet:
             for k in self.pins:
                 out.pop(self.prefix(s.name) + k, None)
         return out
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x

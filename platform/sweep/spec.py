@@ -73,7 +73,7 @@ from ..config import (
     parse_overrides,
 )
 from ..errors import ConfigError, check_keys
-from ..values import Range, convert, parse_yaml_mapping, read_yaml
+from ..values import Range, convert, parse_yaml_mapping, plain, read_yaml
 from .datakey import check_data_cache, data_key
 from .samplers import MULTI_OBJECTIVE, SAMPLERS, searcher_options
 from .spaces import (
@@ -273,15 +273,15 @@ class SweepSpec:
         return {
             "name": self.name,
             "description": self.description,
-            "data": _plain(self.data),
-            "base": _plain(self.base),
+            "data": plain(self.data),
+            "base": plain(self.base),
             "spaces": [s.to_dict() for s in self.spaces.spaces],
             "space_selection": self.spaces.selection,
             "objective": {
                 "metrics": list(self.objective.metrics),
                 "modes": list(self.objective.modes),
             },
-            "searcher": {"name": self.searcher.name, **_plain(self.searcher.options)},
+            "searcher": {"name": self.searcher.name, **plain(self.searcher.options)},
             "early_stopping": dataclasses.asdict(self.early_stopping),
             "budget": dataclasses.asdict(self.budget),
             "resources": dataclasses.asdict(self.resources),
@@ -300,14 +300,6 @@ def _context(data: Mapping[str, Any], base: Mapping[str, Any], seed: int) -> dic
     flat["train.seed"] = seed
     flat.update(base)
     return flat
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..config import SECTIONS, convert_key
 from ..errors import ConfigError, check_keys
+from ..values import plain
 from .spaces import TOP_KEYS as SPACE_KEYS
 from .spaces import SearchSpace
 
@@ -167,7 +168,7 @@ def apply_overrides(
     ``base.<section.key>`` sets one flat base key; ``data.options.<opt>`` one data option;
     other paths descend into mappings (``budget.trials``).
     """
-    out = _plain(dict(raw))
+    out = plain(dict(raw))
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
         check_keys([head], keys, f"{source}: override {key!r}")
@@ -194,11 +195,3 @@ def apply_overrides(
                 raise ConfigError(f"{source}: override {key!r}: {part!r} is not a mapping")
         node[parts[-1]] = value
     return out
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
