@@ -20,12 +20,11 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
-import timm
 import torch
 from lesionsweep.errors import ConfigError
 from torch import nn
 
-from .backbones import Backbone, create_backbone
+from .backbones import Backbone, create_backbone, stage_count
 from .base import Method, MethodOutput, register_method
 from .pooling import POOL_ON, Pooling, PoolingName, create_pooling, pool_logits, pooling_names
 
@@ -50,7 +49,7 @@ def build_backbone(
             output_stride=output_stride,
         )
     except IndexError:
-        n = len(timm.create_model(name, features_only=True, pretrained=False).feature_info)
+        n = stage_count(name)
         raise ConfigError(
             f"{method}: stage index(es) {list(out_indices)} out of range for backbone {name!r}, "
             f"which has {n} feature stages (timm out_indices 0..{n - 1}, or -{n}..-1)"

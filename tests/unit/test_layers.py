@@ -8,6 +8,7 @@ module hides inside a function except the few allowed ones (optional heavy depen
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -125,3 +126,22 @@ def test_no_cycle_is_hidden_in_a_function() -> None:
         if in_func and _part(mod) is not None
     ]
     assert len(local) <= LOCAL_IMPORT_BUDGET, local
+
+
+def test_the_sweep_driver_never_imports_timm_or_torchvision() -> None:
+    """The driver validates every config (it loads the method classes) but never builds a
+    model: timm and the torchvision it imports (~190 MB resident) stay out of it, which keeps
+    the driver under bench_driver's 1 GB at 10,000 trials."""
+    code = (
+        "import sys\n"
+        "from lesionsweep import cli\n"
+        "from lesionsweep.sweep import backend, commands\n"
+        "from lesionsweep.sweep.spec import load_spec\n"
+        "spec = load_spec(None, {'budget.trials': 3})\n"
+        "backend.build_sampler(spec)\n"
+        "print(sorted(m for m in ('timm', 'torchvision') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
