@@ -12,7 +12,8 @@ side ms/trial, the end-of-sweep compaction time, peak RSS; last line::
     N=10000 ms_per_trial=<float> ratio=<float> rss_mb=<float>
 
 where ms_per_trial is the marginal driver cost at 10,000 (the last 100 trials) and ratio is it
-divided by the marginal cost at 100 (its last 100 trials, i.e. all of them).
+divided by the marginal cost at 100 (its last 100 trials, i.e. all of them; the median of
+``--base-runs`` runs, 3 by default: a run that short is easily inflated by a busy neighbour).
 
 Usage: ``python benchmarks/bench_driver.py [--sizes 100 10000] [--epochs 20]``
 """
@@ -160,6 +161,13 @@ def main() -> None:
         help="TPE's bounded history (default: the sweep's, 500 finished trials); TPE's cost per "
         "suggest grows with it up to that size",
     )
+    ap.add_argument(
+        "--base-runs",
+        type=int,
+        default=3,
+        help="runs of the first (smallest) size; the ratio's base is the median run (a 100-trial "
+        "run lasts ~2 s of driver time, which a busy neighbour can inflate by half)",
+    )
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -167,16 +175,27 @@ def main() -> None:
             print(json.dumps(run_one(args.one, args.epochs, Path(d), args.max_history)))
         return
     rows = []
-    for n in args.sizes:
-        t0 = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, __file__, "--one", str(n), "--epochs", str(args.epochs),
-             *(["--max-history", str(args.max_history)] if args.max_history else [])],
-            check=True, capture_output=True, text=True,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        )  # fmt: skip
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        row["wall_s"] = time.perf_counter() - t0
+    for i, n in enumerate(args.sizes):
+        tries = []
+        for _ in range(args.base_runs if i == 0 else 1):
+            t0 = time.perf_counter()
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", str(n), "--epochs", str(args.epochs),
+                 *(["--max-history", str(args.max_history)] if args.max_history else [])],
+                check=True, capture_output=True, text=True,
+                env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            )  # fmt: skip
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row["wall_s"] = time.perf_counter() - t0
+            tries.append(row)
+        if len(tries) > 1:
+            print(
+                f"N={n:>6}: {len(tries)} runs, driver ms/trial (last 100) "
+                + ", ".join(f"{r['ms_marginal']:.1f}" for r in tries)
+                + "; the median run is the base",
+                flush=True,
+            )
+        row = sorted(tries, key=lambda r: r["ms_marginal"])[len(tries) // 2]
         rows.append(row)
         print(
             f"N={n:>6}: driver {row['ms_per_trial']:.1f} ms/trial (last 100: "

@@ -5,6 +5,7 @@ Only this module and ``sweep/_ray/`` import Ray (a test checks it). The pieces:
 * :mod:`._ray.session` — start/connect and end the Ray session;
 * :mod:`._ray.context` — :class:`SweepContext`, the state one driver run passes down explicitly;
 * :mod:`._ray.searcher` — the Optuna searcher over the durable study (``optuna.journal``);
+* :mod:`._ray.tpe` — TPE with a bounded history and each suggest's O(trials) work done once;
 * :mod:`._ray.scheduler` — ASHA with rungs persisted in ``asha_state.jsonl``;
 * :mod:`._ray.trial` — the trial function (Tune gets only the objective/early-stopping metrics);
 * :mod:`._ray.callback` — trial rows, HParams sessions, progress, reconciliation on resume;

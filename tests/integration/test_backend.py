@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -150,13 +151,28 @@ def test_recent_view_kept_incrementally_equals_its_definition() -> None:
             running.append(st.ask({"x": optuna.distributions.FloatDistribution(0, 1)}))
         else:  # mostly the oldest, sometimes one that ran long
             t = running.pop(0 if rng.random() < 0.7 else rng.randrange(len(running)))
+            for epoch in range(rng.randrange(4)):
+                t.report(rng.random(), epoch)
+            t.set_user_attr("tune_trial_id", f"t{t.number}")
             if rng.random() < 0.15:
                 st.tell(t, state=optuna.trial.TrialState.PRUNED)
             else:
                 st.tell(t, round(rng.random(), 2))  # ties are broken by the lower number
         states = None if step % 2 else (optuna.trial.TrialState.COMPLETE,)
         got = [t.number for t in sampler._view(st)._get_trials(deepcopy=False, states=states)]
+        # within one suggest (listed once, shared, slim copies): the same trials
+        shared = sampler._view(st, SimpleNamespace(number=10_000 + step))
+        slim = shared._get_trials(deepcopy=False, states=states)
+        assert [t.number for t in slim] == got
+        assert shared._get_trials(deepcopy=False, states=states) is slim  # made once
         trials = st._get_trials(deepcopy=False, states=states)
+        full = {t.number: t for t in trials}
+        for t in slim:
+            f = full[t.number]
+            assert (t.state, t.values, t.params) == (f.state, f.values, f.params)
+            assert dict(t.intermediate_values) == (
+                dict([max(f.intermediate_values.items())]) if f.intermediate_values else {}
+            )
         fin = [t for t in trials if t.state.is_finished()]
         if len(fin) <= k:
             assert got == [t.number for t in trials]
@@ -202,8 +218,11 @@ def test_grouped_tpe_adds_each_trial_once_and_draws_exactly_as_optuna(
         elif kind == "b":
             y = t.suggest_int("yb", 1, 9) / 10
         else:
-            return -abs(x)
-        if x > 3:  # some trials end pruned, which the groups include
+            y = 0.0
+        for step in range(1, 4):  # TPE ranks pruned trials by their last step's value
+            t.report(-abs(x - step), step)
+        t.set_user_attr("tune_trial_id", f"t{t.number}")
+        if x > -4:  # most trials end pruned (as under ASHA): TPE's good group takes some
             raise optuna.TrialPruned()
         return -((x - 1) ** 2) + y
 
@@ -233,8 +252,41 @@ def test_grouped_tpe_adds_each_trial_once_and_draws_exactly_as_optuna(
     assert {t.state for t in ours.trials} >= {optuna.trial.TrialState.PRUNED}
     assert our_calls <= len(ours.trials) < optuna_calls  # once per finished trial
     # the list of trials shared within one suggest is not pickled with the sampler
-    assert ours.sampler._fetched is not None
-    assert pickle.loads(pickle.dumps(ours.sampler))._fetched is None
+    assert ours.sampler._shared is not None
+    assert pickle.loads(pickle.dumps(ours.sampler))._shared is None
+
+
+@pytest.mark.parametrize("constant_liar", [True, False])
+def test_tpe_with_trials_in_flight_draws_exactly_as_optuna(constant_liar: bool) -> None:
+    """As in a parallel sweep: several trials run while the next is asked, finish out of order,
+    most pruned after reporting. Optuna 5's TPE models running trials (constant liar, its
+    default) without the trial being sampled; the good/bad split is made once per suggest and
+    shared by the groups. The draws are exactly Optuna's, with and without the liar."""
+    draws = []
+    for cls in (backend.RecentTPESampler, optuna.samplers.TPESampler):
+        sampler = cls(
+            seed=2, multivariate=True, group=True, n_startup_trials=5, constant_liar=constant_liar
+        )
+        st = optuna.create_study(direction="maximize", sampler=sampler)
+        rng = random.Random(0)
+        running: list[tuple[optuna.Trial, float]] = []
+        for _ in range(70):
+            t = st.ask()
+            x = t.suggest_float("x", -5, 5)
+            kind = t.suggest_categorical("kind", ["a", "b"])
+            y = t.suggest_float("ya", 0, 1) if kind == "a" else t.suggest_int("yb", 1, 9) / 10
+            running.append((t, -((x - 1) ** 2) + y))
+            if len(running) > 4:
+                done, value = running.pop(rng.randrange(len(running)))
+                for step in range(1, rng.randrange(2, 5)):
+                    done.report(value - step, step)
+                pruned = rng.random() < 0.7
+                st.tell(done, None if pruned else value, state=_PRUNED if pruned else None)
+        draws.append([t.params for t in st.trials])
+    assert draws[0] == draws[1]
+
+
+_PRUNED = optuna.trial.TrialState.PRUNED
 
 
 def test_trial_reaching_its_last_epoch_is_not_pruned(tmp_path: Path) -> None:

@@ -14,19 +14,14 @@
 
 from __future__ import annotations
 
-import bisect
-import copy
-import heapq
 import inspect
 import json
 import logging
 import math
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import optuna
-from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace, _SearchSpaceGroup
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
@@ -39,6 +34,7 @@ from ..spaces import SpaceSet
 from ..spec import SweepSpec
 from ..storage import SweepLocation
 from .context import JOURNAL_FILE, SweepContext
+from .tpe import RecentTPESampler
 
 __all__ = [
     "SPACE_KEY",
@@ -55,162 +51,6 @@ log = logging.getLogger("lesionsweep.sweep")
 #: keys of the trial config (the flat params live under PARAMS_KEY)
 SPACE_KEY = "_space"
 PARAMS_KEY = "_params"
-
-
-_FINISHED = frozenset(s for s in TrialState if s.is_finished())
-
-
-def _number(t: optuna.trial.FrozenTrial) -> int:
-    return t.number
-
-
-class _Window:
-    """The old part of one trial list, kept incrementally: which finished trials have left the
-    recent window, and the ``n_best`` best of them (score, number)."""
-
-    def __init__(self) -> None:
-        self.old: set[int] = set()
-        self.best: list[tuple[float, int]] = []
-
-
-class _RecentView:
-    """A study seen through a window: ``_get_trials`` returns the last ``k`` finished trials,
-    the ``n_best`` best of the older finished trials, and every running trial (everything else
-    is the study's own).
-
-    The older trials only ever grow (a finished trial stays finished), so ``windows`` (kept by
-    the sampler, one per study and state filter) remembers them and their best; a call scans
-    only the trials that left the window since the last one, from the newest back (a trial
-    that finishes long after it started is found deeper in that scan). Every call still lists
-    the study's trials once (Optuna's API), ~70 ns per trial.
-    """
-
-    def __init__(
-        self,
-        study: optuna.Study,
-        k: int,
-        n_best: int,
-        windows: dict[Any, _Window],
-        fetched: list[optuna.trial.FrozenTrial] | None = None,
-    ) -> None:
-        self._study, self._k, self._n_best, self._windows = study, k, n_best, windows
-        self._fetched = fetched
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(
-        self, deepcopy: bool = True, states: Sequence[TrialState] | None = None, **kw: Any
-    ) -> list[optuna.trial.FrozenTrial]:
-        if deepcopy or self._fetched is None:
-            trials = self._study._get_trials(deepcopy=deepcopy, states=states, **kw)
-        elif states is None:
-            trials = self._fetched
-        else:
-            trials = [t for t in self._fetched if t.state in states]
-        if self._k <= 0:  # the whole study (the search-space groups)
-            return trials
-        finished: list[optuna.trial.FrozenTrial] = []
-        running: list[optuna.trial.FrozenTrial] = []
-        for t in trials:  # one pass: this list is the only O(trials) work of a call
-            (finished if t.state in _FINISHED else running).append(t)
-        if len(finished) <= self._k:
-            return trials
-        key = (self._study._study_id, None if states is None else tuple(states))
-        w = self._windows.setdefault(key, _Window())
-        old = finished[: -self._k]
-        missing = len(old) - len(w.old)
-        if missing:
-            sign = 0.0
-            if len(self._study.directions) == 1:
-                maximize = self._study.direction == optuna.study.StudyDirection.MAXIMIZE
-                sign = -1.0 if maximize else 1.0
-            for t in reversed(old):
-                if t.number in w.old:
-                    continue
-                w.old.add(t.number)
-                if sign and t.state == TrialState.COMPLETE and t.value is not None:
-                    w.best.append((sign * float(t.value), t.number))
-                missing -= 1
-                if not missing:
-                    break
-            w.best = heapq.nsmallest(self._n_best, w.best)
-        at = [bisect.bisect_left(old, n, key=_number) for n in sorted(n for _, n in w.best)]
-        best = [old[i] for i in at]
-        return best + finished[-self._k :] + running
-
-
-class _IncrementalGroups(_GroupDecomposedSearchSpace):
-    """Optuna's group-decomposed search space, adding each finished trial once.
-
-    Optuna's own ``calculate`` re-adds every finished trial's distributions at every suggest:
-    O(trials) per suggest (~10 us a trial, 0.1 s a suggest at 10,000 trials). Adding a trial's
-    parameter set again never changes the groups (each set already is a union of groups, so
-    the split it makes is empty), in content or order; skipping trials already added therefore
-    gives exactly Optuna's result.
-    """
-
-    def __init__(self, include_pruned: bool) -> None:
-        super().__init__(include_pruned)
-        self._added: set[int] = set()
-
-    def calculate(self, study: optuna.Study, use_cache: bool = False) -> _SearchSpaceGroup:
-        states = (
-            (TrialState.COMPLETE, TrialState.PRUNED)
-            if self._include_pruned
-            else (TrialState.COMPLETE,)
-        )
-        for t in study._get_trials(deepcopy=False, states=states, use_cache=use_cache):
-            if t.number not in self._added:
-                self._added.add(t.number)
-                self._search_space.add_distributions(t.distributions)
-        return copy.deepcopy(self._search_space)
-
-
-class RecentTPESampler(optuna.samplers.TPESampler):
-    """Optuna's ``TPESampler`` that models a bounded history (see the module docstring).
-
-    Args:
-        max_history: finished trials TPE models at most (recent ones first).
-        n_best: of those, the best ever kept regardless of age (single objective).
-        **kwargs: ``TPESampler``'s options.
-    """
-
-    def __init__(self, *, max_history: int = 500, n_best: int = 25, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if max_history < 1 or n_best < 0:
-            raise ValueError("max_history must be >= 1 and n_best >= 0")
-        self._max_history, self._n_best = int(max_history), int(n_best)
-        self._windows: dict[Any, _Window] = {}
-        self._fetched: tuple[tuple[int, int], list[optuna.trial.FrozenTrial]] | None = None
-        if self._group_decomposed_search_space is not None:
-            self._group_decomposed_search_space = _IncrementalGroups(include_pruned=True)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_fetched": None}  # one suggest's list of trials: not state
-
-    def _view(self, study: optuna.Study, trial: Any = None, window: bool = True) -> Any:
-        """The study as TPE sees it while it samples ``trial`` (see :class:`_RecentView`).
-
-        One suggest asks for the study's trials once for the search-space groups and once per
-        group (up to 4 lists of every trial); with ``trial`` the list is fetched once per
-        suggest and shared. Nothing else changes the study while one trial is sampled (the
-        driver is single-threaded), and the trial itself, still RUNNING, is not modelled."""
-        fetched = None
-        if trial is not None:
-            key = (study._study_id, trial.number)
-            if self._fetched is None or self._fetched[0] != key:
-                all_trials = study._get_trials(deepcopy=False, states=None, use_cache=False)
-                self._fetched = (key, all_trials)
-            fetched = self._fetched[1]
-        k = self._max_history if window else 0
-        return _RecentView(study, k, self._n_best, self._windows, fetched)
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: Any) -> Any:
-        return super().infer_relative_search_space(self._view(study, trial, window=False), trial)
-
-    def _sample(self, study: optuna.Study, trial: Any, search_space: Any) -> dict[str, Any]:
-        return super()._sample(self._view(study, trial), trial, search_space)
 
 
 def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:

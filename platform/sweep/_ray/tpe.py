@@ -15,7 +15,11 @@ changes only what it is given to work on:
   the groups. The old part of each window is kept incrementally (:class:`_Window`).
 * **Each finished trial handled once.** Finished trials never change, so the search-space
   groups add each one once (:class:`_IncrementalGroups`), and TPE models a slim copy of it
-  (:func:`_slim`) that carries only what TPE reads.
+  (:func:`_slim`) that carries only what TPE reads and keeps its parameters' internal values
+  once converted.
+* **One good/bad split per suggest.** Every group of one suggest splits the same list of
+  trials; :meth:`RecentTPESampler._sample` (Optuna's ``_sample``, step for step) makes the
+  split once and shares it, with or without the constant liar (Optuna 5's default).
 * **The study's directions read once per suggest** (Optuna reads them from storage per trial
   scored).
 """
@@ -28,7 +32,15 @@ import heapq
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import TPESampler
+from optuna.samplers._tpe.sampler import (
+    _split_trials,
+    default_gamma,
+    default_gamma_multiobjective,
+)
 from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace, _SearchSpaceGroup
 from optuna.trial import FrozenTrial, TrialState
 
@@ -43,7 +55,14 @@ def _number(t: FrozenTrial) -> int:
     return t.number
 
 
-def _slim(t: FrozenTrial) -> FrozenTrial:
+class _SlimTrial(FrozenTrial):
+    """A finished trial as TPE models it (see :func:`_slim`), with its parameters' internal
+    representations kept as they are first converted (``reprs``)."""
+
+    reprs: dict[str, float]
+
+
+def _slim(t: FrozenTrial) -> _SlimTrial:
     """``t`` with only what TPE reads of a finished trial: its state, number, value(s),
     params and distributions, its constraints (in ``system_attrs``) and, of its intermediate
     values, the last step's (the score of a pruned trial is ``max(intermediate_values.items())``,
@@ -54,9 +73,7 @@ def _slim(t: FrozenTrial) -> FrozenTrial:
         if k == _CONSTRAINTS or k.startswith(_CONSTRAINTS + ":")
     }
     iv = t.intermediate_values
-    if len(iv) <= 1 and len(attrs) == len(t.system_attrs) and not t.user_attrs:
-        return t
-    return FrozenTrial(
+    slim = _SlimTrial(
         number=t.number,
         state=t.state,
         value=None,
@@ -70,6 +87,8 @@ def _slim(t: FrozenTrial) -> FrozenTrial:
         intermediate_values=dict([max(iv.items())]) if iv else {},
         trial_id=t._trial_id,
     )
+    slim.reprs = {}
+    return slim
 
 
 class _Window:
@@ -91,7 +110,9 @@ class _Suggest:
         self.key = key
         self.trials = trials
         self.lists: dict[Any, list[FrozenTrial]] = {}
-        self.slim: dict[int, FrozenTrial] = {}
+        self.slim: dict[int, _SlimTrial] = {}
+        #: TPE's good/bad split of a list (the same for every group of one suggest)
+        self.split: dict[tuple[int, int], tuple[list[FrozenTrial], list[FrozenTrial]]] = {}
         #: the previous suggest's slim copies (reused: finished trials never change)
         self.prev_slim = prev.slim if prev is not None else {}
 
@@ -134,12 +155,15 @@ class _RecentView:
         if deepcopy or self._shared is None:
             trials = self._study._get_trials(deepcopy=deepcopy, states=states, **kw)
             return self._windowed(trials, states)
-        key = (None if states is None else tuple(states), self._k)
-        got = self._shared.lists.get(key)
+        sel = None if states is None else tuple(states)
+        got = self._shared.lists.get((sel, self._k))
         if got is None:
-            src = self._shared.trials
-            trials = src if states is None else [t for t in src if t.state in states]
-            got = self._shared.lists[key] = self._windowed(trials, states)
+            every = self._shared.lists.get((sel, 0))
+            if every is None:
+                src = self._shared.trials
+                every = src if sel is None else [t for t in src if t.state in sel]
+                self._shared.lists[(sel, 0)] = every
+            got = self._shared.lists[(sel, self._k)] = self._windowed(every, states)
         return got
 
     def _windowed(
@@ -185,7 +209,7 @@ class _RecentView:
         at = [bisect.bisect_left(old, n, key=_number) for n in sorted(n for _, n in w.best)]
         return [old[i] for i in at]
 
-    def _slim_of(self, t: FrozenTrial) -> FrozenTrial:
+    def _slim_of(self, t: FrozenTrial) -> _SlimTrial:
         assert self._shared is not None
         s = self._shared.slim.get(t.number)
         if s is None:
@@ -223,7 +247,7 @@ class _IncrementalGroups(_GroupDecomposedSearchSpace):
         return copy.deepcopy(self._search_space)
 
 
-class RecentTPESampler(optuna.samplers.TPESampler):
+class RecentTPESampler(TPESampler):
     """Optuna's ``TPESampler`` that models a bounded history (see the module docstring).
 
     Args:
@@ -271,5 +295,57 @@ class RecentTPESampler(optuna.samplers.TPESampler):
     def _sample_relative(self, study: optuna.Study, trial: Any, search_space: Any) -> Any:
         return super()._sample_relative(self._view(study, trial, window=False), trial, search_space)
 
-    def _sample(self, study: optuna.Study, trial: Any, search_space: Any) -> dict[str, Any]:
-        return super()._sample(self._view(study, trial), trial, search_space)
+    def _sample(
+        self, study: optuna.Study, trial: Any, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        """Optuna's ``TPESampler._sample`` on the view, with the good/bad split of the
+        modelled trials made once per suggest (Optuna makes it per group, O(history) each)."""
+        view = self._view(study, trial)
+        liar = self._constant_liar  # Optuna 5's default: running trials are modelled as bad
+        states = (TrialState.COMPLETE, TrialState.PRUNED, *([TrialState.RUNNING] * liar))
+        trials = view._get_trials(deepcopy=False, states=states, use_cache=not liar)
+        shared = self._shared if self._shared is not None else _Suggest((-1, -1), [], None)
+        if liar:  # without the trial being sampled (one list for every group)
+            key = ("liar", id(trials), trial.number)
+            got = shared.lists.get(key)
+            if got is None:
+                got = shared.lists[key] = [t for t in trials if t.number != trial.number]
+            trials = got
+        if self._gamma is None:
+            multi = len(view.directions) > 1
+            self._gamma = default_gamma_multiobjective if multi else default_gamma
+        n_below = self._gamma(sum(t.state != TrialState.RUNNING for t in trials))
+        split = shared.split.get((id(trials), n_below))
+        if split is None:
+            split = shared.split[(id(trials), n_below)] = _split_trials(view, trials, n_below)
+        below, above = split
+        mpe_below = self._build_parzen_estimator(view, search_space, below, handle_below=True)
+        mpe_above = self._build_parzen_estimator(view, search_space, above, handle_below=False)
+        samples_below = mpe_below.sample(self._rng.rng, self._n_ei_candidates)
+        acq_func_vals = self._compute_acquisition_func(samples_below, mpe_below, mpe_above)
+        ret = TPESampler._compare(samples_below, acq_func_vals)
+        for name, dist in search_space.items():
+            ret[name] = dist.to_external_repr(ret[name])
+        return ret
+
+    def _get_internal_repr(
+        self, trials: list[FrozenTrial], search_space: dict[str, BaseDistribution], study: Any
+    ) -> dict[str, np.ndarray]:
+        """Optuna's, converting each finished trial's parameter once (kept on its slim copy)."""
+        values: dict[str, list[float]] = {name: [] for name in search_space}
+        names = search_space.keys()
+        for t in trials:
+            if not isinstance(t, _SlimTrial):
+                params = self._get_params(t, study)
+                if names <= params.keys():
+                    for name, dist in search_space.items():
+                        values[name].append(dist.to_internal_repr(params[name]))
+                continue
+            params, reprs = t.params, t.reprs
+            if names <= params.keys():
+                for name, dist in search_space.items():
+                    v = reprs.get(name)
+                    if v is None:
+                        v = reprs[name] = dist.to_internal_repr(params[name])
+                    values[name].append(v)
+        return {k: np.asarray(v) for k, v in values.items()}
