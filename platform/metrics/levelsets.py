@@ -106,21 +106,19 @@ def _extend_node(nd, r, x0, x1, y):
 
 
 @numba.njit(cache=True, nogil=True)
-def _components(img, lut, ev, cnt, R, L, G, nd):
+def _components(img, lut, ev, cnt, R, nd):
     """Components and holes of ``lut[img] > k`` for every level ``k``, in one scan of the rows.
 
     Args:
         img: uint ``[H, W]`` image; ``lut[v]`` (int32) is the level index of value ``v``.
-        ev, cnt, R, L, G, nd: work arrays from :func:`_scratch` (``nd`` may be replaced by a
-            larger one).
+        ev, cnt, R, nd: work arrays from :func:`_scratch` (``nd`` may be replaced by a larger
+            one).
 
     Returns:
         ``(nd, n)``: nodes ``nd[:n]`` (see ``_NODE_FIELDS``); each root (``nd[i, 0] == i``) that
         is a component, or a hole not reaching the edge, has a box (:func:`_node_box`).
     """
-    ev_x = ev[0]
-    ev_q = ev[1]
-    ev_p = ev[2]
+    start = cnt[2]
     height, width = img.shape
     n_nd = 0
     kp = 0
@@ -132,83 +130,82 @@ def _components(img, lut, ev, cnt, R, L, G, nd):
         top = 0
         for x in range(width):
             cur = lut[img[y, x]]
-            ev_x[n_ev] = x
-            ev_q[n_ev] = cur
-            ev_p[n_ev] = prev
+            ev[n_ev] = (np.int64(x) << 32) | (np.int64(prev) << 16) | cur  # one store per pixel
             n_ev += cur != prev
             top = max(top, cur)
             prev = cur
-        ev_x[n_ev] = width
-        ev_q[n_ev] = 0
-        ev_p[n_ev] = prev
+        ev[n_ev] = (np.int64(width) << 32) | (np.int64(prev) << 16)
         n_ev += prev != 0
         for k in range(top):
             cnt[b, k] = 0
-        for e in range(n_ev):
-            x = ev_x[e]
-            c = ev_q[e]
-            pv = ev_p[e]
-            f = 1 if c < pv else 0
-            lo = min(c, pv)
-            hi = max(c, pv)
-            if hi - lo == 1:  # ~90% of the changes on CAM-like maps
-                j = cnt[b, lo]
-                R[b, lo, 2 * j + f] = x - f
-                cnt[b, lo] = j + f
-            else:
-                for k in range(lo, hi):
+        for i in range(n_ev):
+            x = ev[i] >> 32
+            pv = (ev[i] >> 16) & 0xFFFF
+            c = ev[i] & 0xFFFF
+            if c > pv:  # runs of levels pv..c-1 start at x (kept until they end)
+                for k in range(pv, c):
+                    start[k] = x
+            else:  # runs of levels c..pv-1 end at x - 1
+                for k in range(c, pv):
                     j = cnt[b, k]
-                    R[b, k, 2 * j + f] = x - f
-                    cnt[b, k] = j + f
+                    R[b, k, 4 * j] = start[k]
+                    R[b, k, 4 * j + 1] = x - 1
+                    cnt[b, k] = j + 1
         edge_row = y == 0 or y == height - 1
         for k in range(max(top, kp)):
             nc = cnt[b, k] if k < top else 0
             npv = cnt[p, k] if k < kp else 0
-            if nc == npv and nc > 0 and not edge_row:
+            if nc == 1 and npv == 1 and not edge_row:
+                s = R[b, k, 0]
+                e = R[b, k, 1]
+                if (s <= R[p, k, 1] + 1) & (R[p, k, 0] <= e + 1):
+                    lab = R[p, k, 4 * 0 + 2]
+                    nd[lab, 1] = min(nd[lab, 1], s)
+                    nd[lab, 2] = max(nd[lab, 2], e)
+                    nd[lab, 4] = y
+                    R[b, k, 4 * 0 + 2] = lab
+                    continue
+            elif nc == npv and nc > 0 and not edge_row:
                 # the common case, rows continuing one another run for run: extend each run's
                 # component (correct wherever the two runs touch, whatever else holds) and
                 # check that nothing else touches; else the general path below redoes the pair
                 rc = R[b, k]
                 rp = R[p, k]
-                lp = L[p, k]
-                lc = L[b, k]
                 ok = True
                 for j in range(nc):
-                    s = rc[2 * j]
-                    e = rc[2 * j + 1]
-                    ov = (s <= rp[2 * j + 1] + 1) & (rp[2 * j] <= e + 1)
+                    s = rc[4 * j]
+                    e = rc[4 * j + 1]
+                    ov = (s <= rp[4 * j + 1] + 1) & (rp[4 * j] <= e + 1)
                     ok &= ov
-                    lab = lp[j]
+                    lab = rp[4 * j + 2]
                     nd[lab, 1] = min(nd[lab, 1], s if ov else width)
                     nd[lab, 2] = max(nd[lab, 2], e if ov else -1)
                     nd[lab, 4] = y if ov else nd[lab, 4]
-                    lc[j] = lab
-                gp = G[p, k]
-                gc = G[b, k]
+                    rc[4 * j + 2] = lab
                 for j in range(nc - 1):
-                    a = rc[2 * j + 1] + 1
-                    z = rc[2 * j + 2] - 1
-                    pa = rp[2 * j + 1] + 1
-                    pz = rp[2 * j + 2] - 1
+                    a = rc[4 * j + 1] + 1
+                    z = rc[4 * j + 4] - 1
+                    pa = rp[4 * j + 1] + 1
+                    pz = rp[4 * j + 4] - 1
                     ok &= (a <= pz) & (pa <= z)  # gap j (not touching run j+1 / prev run j+1)
                     ov = (a <= pz) & (pa <= z)
-                    g = gp[j]
+                    g = rp[4 * j + 3]
                     nd[g, 1] = min(nd[g, 1], a if ov else width)
                     nd[g, 2] = max(nd[g, 2], z if ov else -1)
                     nd[g, 4] = y if ov else nd[g, 4]
-                    gc[j] = g
+                    rc[4 * j + 3] = g
                 if ok:
                     continue
             i = 0
             for j in range(nc):
-                s = R[b, k, 2 * j]
-                e = R[b, k, 2 * j + 1]
-                while i < npv and R[p, k, 2 * i + 1] + 1 < s:
+                s = R[b, k, 4 * j]
+                e = R[b, k, 4 * j + 1]
+                while i < npv and R[p, k, 4 * i + 1] + 1 < s:
                     i += 1
                 lab = -1
                 ii = i
-                while ii < npv and R[p, k, 2 * ii] <= e + 1:
-                    r = _find(nd, L[p, k, ii])
+                while ii < npv and R[p, k, 4 * ii] <= e + 1:
+                    r = _find(nd, R[p, k, 4 * ii + 2])
                     if lab < 0:
                         lab = r
                     elif r != lab:
@@ -222,21 +219,21 @@ def _components(img, lut, ev, cnt, R, L, G, nd):
                     n_nd += 1
                 else:
                     _extend_node(nd, lab, s, e, y)
-                L[b, k, j] = lab
+                R[b, k, 4 * j + 2] = lab
             if nc >= 2:
                 ps0 = R[p, k, 0] if npv > 0 else 0
-                pel = R[p, k, 2 * npv - 1] if npv > 0 else 0
+                pel = R[p, k, 4 * npv - 3] if npv > 0 else 0
                 i = 0
                 for j in range(nc - 1):
-                    a = R[b, k, 2 * j + 1] + 1
-                    z = R[b, k, 2 * j + 2] - 1
+                    a = R[b, k, 4 * j + 1] + 1
+                    z = R[b, k, 4 * j + 4] - 1
                     edge = 1 if (edge_row or npv == 0 or a < ps0 or z > pel) else 0
-                    while i < npv - 1 and R[p, k, 2 * i + 2] - 1 < a:
+                    while i < npv - 1 and R[p, k, 4 * i + 4] - 1 < a:
                         i += 1
                     lab = -1
                     ii = i
-                    while ii < npv - 1 and R[p, k, 2 * ii + 1] + 1 <= z:
-                        r = _find(nd, G[p, k, ii])
+                    while ii < npv - 1 and R[p, k, 4 * ii + 1] + 1 <= z:
+                        r = _find(nd, R[p, k, 4 * ii + 3])
                         if lab < 0:
                             lab = r
                         elif r != lab:
@@ -251,26 +248,26 @@ def _components(img, lut, ev, cnt, R, L, G, nd):
                     else:
                         _extend_node(nd, lab, a, z, y)
                         nd[lab, 7] |= edge
-                    G[b, k, j] = lab
+                    R[b, k, 4 * j + 3] = lab
             if npv >= 2:
                 if nc == 0:
                     for i in range(npv - 1):
-                        nd[_find(nd, G[p, k, i]), 7] = 1
+                        nd[_find(nd, R[p, k, 4 * i + 3]), 7] = 1
                 else:
                     cs0 = R[b, k, 0]
-                    cel = R[b, k, 2 * nc - 1]
+                    cel = R[b, k, 4 * nc - 3]
                     i = 0
-                    while i < npv - 1 and R[p, k, 2 * i + 1] + 1 < cs0:
-                        nd[_find(nd, G[p, k, i]), 7] = 1
+                    while i < npv - 1 and R[p, k, 4 * i + 1] + 1 < cs0:
+                        nd[_find(nd, R[p, k, 4 * i + 3]), 7] = 1
                         i += 1
                     i = npv - 2
-                    while i >= 0 and R[p, k, 2 * i + 2] - 1 > cel:
-                        nd[_find(nd, G[p, k, i]), 7] = 1
+                    while i >= 0 and R[p, k, 4 * i + 4] - 1 > cel:
+                        nd[_find(nd, R[p, k, 4 * i + 3]), 7] = 1
                         i -= 1
             for j in range(nc):
-                L[b, k, j] = _find(nd, L[b, k, j])
+                R[b, k, 4 * j + 2] = _find(nd, R[b, k, 4 * j + 2])
             for j in range(nc - 1):
-                G[b, k, j] = _find(nd, G[b, k, j])
+                R[b, k, 4 * j + 3] = _find(nd, R[b, k, 4 * j + 3])
         kp = top
     return nd, n_nd
 
@@ -278,17 +275,17 @@ def _components(img, lut, ev, cnt, R, L, G, nd):
 @numba.njit(cache=True, nogil=True)
 def _scratch(width: int, n_levels: int):
     """Work arrays of :func:`_components` for rows of ``width`` and up to ``n_levels`` levels:
-    ``ev [3, W + 2]`` (the row's changes), ``cnt [2, K]`` runs per (row buffer, level),
-    ``R [2, K, 2 S]`` run ends, ``L / G [2, K, S]`` run / gap nodes, ``nd`` nodes (grown)."""
+    ``ev [W + 2]`` int64 the row's changes (``x << 32 | level before << 16 | level after``),
+    ``cnt [3, K]`` runs per (row buffer, level) and the start of each level's open run,
+    ``R [2, K, 4 S]`` per (row buffer, level) its runs in ``x`` order, one record each:
+    ``(start, end, run's node, node of the gap after it)``; ``nd`` nodes (grown)."""
     stride = (width + 1) // 2 + 1  # at most this many runs per (row, level)
     stride = 16 * (stride // 16) + 24  # levels' rows start on different cache sets
     k = n_levels + 1
     return (
-        np.empty((3, width + 2), np.int32),
-        np.zeros((2, k), np.int32),
-        np.empty((2, k, 2 * stride), np.int32),
-        np.empty((2, k, stride), np.int32),
-        np.empty((2, k, stride), np.int32),
+        np.empty(width + 2, np.int64),
+        np.zeros((3, k), np.int32),
+        np.empty((2, k, 4 * stride), np.int32),
         np.empty((1024, _NODE_FIELDS), np.int32),
     )
 
@@ -312,8 +309,8 @@ def _node_box(nd, i, width, height):
 @numba.njit(cache=True, nogil=True)
 def _level_boxes(q, lut, n_levels):
     height, width = q.shape
-    ev, cnt, R, L, G, nd = _scratch(width, n_levels)
-    nd, n_nd = _components(q, lut, ev, cnt, R, L, G, nd)
+    ev, cnt, R, nd = _scratch(width, n_levels)
+    nd, n_nd = _components(q, lut, ev, cnt, R, nd)
     m = 0
     for i in range(n_nd):
         m += _node_box(nd, i, width, height)[0]
@@ -355,7 +352,7 @@ def level_boxes(q: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True, nogil=True)
-def _quantise(m, image) -> bool:
+def _quantise(m, image, present) -> bool:
     """``image = uint8(m * 255)`` (numpy's truncation) in a vectorised pass; False if a value
     is NaN or outside [0, 1] (``image`` is then garbage)."""
     ok = True
@@ -366,6 +363,8 @@ def _quantise(m, image) -> bool:
             v = src[x]
             ok &= (v >= 0.0) & (v <= 1.0)
             dst[x] = np.uint8(v * 255) if (v >= 0.0) & (v <= 1.0) else np.uint8(0)
+        for x in range(dst.shape[0]):  # the row is still in L1
+            present[dst[x]] = 1
     return ok
 
 
@@ -375,7 +374,7 @@ def _maxbox_counts(maps, images, gt, gt_off, taus, deltas, num_correct) -> int:
     n, height, width = images.shape if quantised else maps.shape
     n_tau = taus.shape[0]
     image = np.empty((height, width), np.uint8)  # rebound to images[i] when quantised
-    ev, cnt, R, L, G, nd = _scratch(width, min(n_tau, 256))  # <= 256 distinct thresholds
+    ev, cnt, R, nd = _scratch(width, min(n_tau, 256))  # <= 256 distinct thresholds
     correct = np.zeros(num_correct.shape, np.int64)
     levels = np.empty(n_tau, np.int64)
     inverse = np.empty(n_tau, np.int64)
@@ -386,12 +385,12 @@ def _maxbox_counts(maps, images, gt, gt_off, taus, deltas, num_correct) -> int:
         present = np.zeros(256, np.int64)
         if quantised:
             image = images[i]
-        elif not _quantise(maps[i], image):
+            for y in range(height):
+                row = image[y]
+                for x in range(width):
+                    present[row[x]] = 1
+        elif not _quantise(maps[i], image, present):
             return 1
-        for y in range(height):
-            row = image[y]
-            for x in range(width):
-                present[row[x]] = 1
         mx = 0
         for v in range(256):
             if present[v]:
@@ -414,7 +413,7 @@ def _maxbox_counts(maps, images, gt, gt_off, taus, deltas, num_correct) -> int:
             while k < n_lv and levels[k] < v:
                 k += 1
             lut[v] = k
-        nd, n_nd = _components(image, lut, ev, cnt, R, L, G, nd)
+        nd, n_nd = _components(image, lut, ev, cnt, R, nd)
         # best IoU ("+1" convention, as calculate_multiple_iou) per level over boxes x GT
         g0 = gt_off[i]
         g1 = gt_off[i + 1]
