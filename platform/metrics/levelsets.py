@@ -118,6 +118,8 @@ def _components(img, lut, ev, cnt, R, nd):
         ``(nd, n)``: nodes ``nd[:n]`` (see ``_NODE_FIELDS``); each root (``nd[i, 0] == i``) that
         is a component, or a hole not reaching the edge, has a box (:func:`_node_box`).
     """
+    ev_x = ev[0]
+    ev_q = ev[1]
     start = cnt[2]
     height, width = img.shape
     n_nd = 0
@@ -130,27 +132,30 @@ def _components(img, lut, ev, cnt, R, nd):
         top = 0
         for x in range(width):
             cur = lut[img[y, x]]
-            ev[n_ev] = (np.int64(x) << 32) | (np.int64(prev) << 16) | cur  # one store per pixel
+            ev_x[n_ev] = x
+            ev_q[n_ev] = cur
             n_ev += cur != prev
             top = max(top, cur)
             prev = cur
-        ev[n_ev] = (np.int64(width) << 32) | (np.int64(prev) << 16)
+        ev_x[n_ev] = width
+        ev_q[n_ev] = 0
         n_ev += prev != 0
         for k in range(top):
             cnt[b, k] = 0
+        pv = 0
         for i in range(n_ev):
-            x = ev[i] >> 32
-            pv = (ev[i] >> 16) & 0xFFFF
-            c = ev[i] & 0xFFFF
+            x = ev_x[i]
+            c = ev_q[i]
             if c > pv:  # runs of levels pv..c-1 start at x (kept until they end)
                 for k in range(pv, c):
                     start[k] = x
             else:  # runs of levels c..pv-1 end at x - 1
                 for k in range(c, pv):
                     j = cnt[b, k]
-                    R[b, k, 4 * j] = start[k]
-                    R[b, k, 4 * j + 1] = x - 1
+                    R[b, k, 8 * j] = start[k]
+                    R[b, k, 8 * j + 1] = x - 1
                     cnt[b, k] = j + 1
+            pv = c
         edge_row = y == 0 or y == height - 1
         for k in range(max(top, kp)):
             nc = cnt[b, k] if k < top else 0
@@ -158,54 +163,52 @@ def _components(img, lut, ev, cnt, R, nd):
             if nc == 1 and npv == 1 and not edge_row:
                 s = R[b, k, 0]
                 e = R[b, k, 1]
-                if (s <= R[p, k, 1] + 1) & (R[p, k, 0] <= e + 1):
-                    lab = R[p, k, 4 * 0 + 2]
-                    nd[lab, 1] = min(nd[lab, 1], s)
-                    nd[lab, 2] = max(nd[lab, 2], e)
-                    nd[lab, 4] = y
-                    R[b, k, 4 * 0 + 2] = lab
+                if (s <= R[p, k, 1] + 1) & (R[p, k, 0] <= e + 1):  # one run continuing one run
+                    R[b, k, 2] = R[p, k, 2]
+                    R[b, k, 4] = min(R[p, k, 4], s)
+                    R[b, k, 5] = max(R[p, k, 5], e)
                     continue
             elif nc == npv and nc > 0 and not edge_row:
-                # the common case, rows continuing one another run for run: extend each run's
-                # component (correct wherever the two runs touch, whatever else holds) and
-                # check that nothing else touches; else the general path below redoes the pair
-                rc = R[b, k]
-                rp = R[p, k]
+                # the common case, rows continuing one another run for run: each run / gap
+                # carries on the chain of the one above (its node, the chain's x extent); if
+                # anything else touches, the general path below redoes the pair
                 ok = True
                 for j in range(nc):
-                    s = rc[4 * j]
-                    e = rc[4 * j + 1]
-                    ov = (s <= rp[4 * j + 1] + 1) & (rp[4 * j] <= e + 1)
-                    ok &= ov
-                    lab = rp[4 * j + 2]
-                    nd[lab, 1] = min(nd[lab, 1], s if ov else width)
-                    nd[lab, 2] = max(nd[lab, 2], e if ov else -1)
-                    nd[lab, 4] = y if ov else nd[lab, 4]
-                    rc[4 * j + 2] = lab
-                for j in range(nc - 1):
-                    a = rc[4 * j + 1] + 1
-                    z = rc[4 * j + 4] - 1
-                    pa = rp[4 * j + 1] + 1
-                    pz = rp[4 * j + 4] - 1
-                    ok &= (a <= pz) & (pa <= z)  # gap j (not touching run j+1 / prev run j+1)
-                    ov = (a <= pz) & (pa <= z)
-                    g = rp[4 * j + 3]
-                    nd[g, 1] = min(nd[g, 1], a if ov else width)
-                    nd[g, 2] = max(nd[g, 2], z if ov else -1)
-                    nd[g, 4] = y if ov else nd[g, 4]
-                    rc[4 * j + 3] = g
+                    s = R[b, k, 8 * j]
+                    e = R[b, k, 8 * j + 1]
+                    ok &= (s <= R[p, k, 8 * j + 1] + 1) & (R[p, k, 8 * j] <= e + 1)
+                    R[b, k, 8 * j + 2] = R[p, k, 8 * j + 2]
+                    R[b, k, 8 * j + 4] = min(R[p, k, 8 * j + 4], s)
+                    R[b, k, 8 * j + 5] = max(R[p, k, 8 * j + 5], e)
+                for j in range(nc - 1):  # gap j: not touching run j+1 / prev run j+1
+                    a = R[b, k, 8 * j + 1] + 1
+                    z = R[b, k, 8 * j + 8] - 1
+                    ok &= (a <= R[p, k, 8 * j + 8] - 1) & (R[p, k, 8 * j + 1] + 1 <= z)
+                    R[b, k, 8 * j + 3] = R[p, k, 8 * j + 3]
+                    R[b, k, 8 * j + 6] = min(R[p, k, 8 * j + 6], a)
+                    R[b, k, 8 * j + 7] = max(R[p, k, 8 * j + 7], z)
                 if ok:
                     continue
+            # general path: the chains of the row above end here (their nodes take their x
+            # extent and last row), then this row's runs and gaps are joined to them
+            for i in range(npv):
+                _extend_node(
+                    nd, _find(nd, R[p, k, 8 * i + 2]), R[p, k, 8 * i + 4], R[p, k, 8 * i + 5], y - 1
+                )
+            for i in range(npv - 1):
+                _extend_node(
+                    nd, _find(nd, R[p, k, 8 * i + 3]), R[p, k, 8 * i + 6], R[p, k, 8 * i + 7], y - 1
+                )
             i = 0
             for j in range(nc):
-                s = R[b, k, 4 * j]
-                e = R[b, k, 4 * j + 1]
-                while i < npv and R[p, k, 4 * i + 1] + 1 < s:
+                s = R[b, k, 8 * j]
+                e = R[b, k, 8 * j + 1]
+                while i < npv and R[p, k, 8 * i + 1] + 1 < s:
                     i += 1
                 lab = -1
                 ii = i
-                while ii < npv and R[p, k, 4 * ii] <= e + 1:
-                    r = _find(nd, R[p, k, 4 * ii + 2])
+                while ii < npv and R[p, k, 8 * ii] <= e + 1:
+                    r = _find(nd, R[p, k, 8 * ii + 2])
                     if lab < 0:
                         lab = r
                     elif r != lab:
@@ -219,21 +222,23 @@ def _components(img, lut, ev, cnt, R, nd):
                     n_nd += 1
                 else:
                     _extend_node(nd, lab, s, e, y)
-                R[b, k, 4 * j + 2] = lab
+                R[b, k, 8 * j + 2] = lab
+                R[b, k, 8 * j + 4] = s
+                R[b, k, 8 * j + 5] = e
             if nc >= 2:
                 ps0 = R[p, k, 0] if npv > 0 else 0
-                pel = R[p, k, 4 * npv - 3] if npv > 0 else 0
+                pel = R[p, k, 8 * npv - 7] if npv > 0 else 0
                 i = 0
                 for j in range(nc - 1):
-                    a = R[b, k, 4 * j + 1] + 1
-                    z = R[b, k, 4 * j + 4] - 1
+                    a = R[b, k, 8 * j + 1] + 1
+                    z = R[b, k, 8 * j + 8] - 1
                     edge = 1 if (edge_row or npv == 0 or a < ps0 or z > pel) else 0
-                    while i < npv - 1 and R[p, k, 4 * i + 4] - 1 < a:
+                    while i < npv - 1 and R[p, k, 8 * i + 8] - 1 < a:
                         i += 1
                     lab = -1
                     ii = i
-                    while ii < npv - 1 and R[p, k, 4 * ii + 1] + 1 <= z:
-                        r = _find(nd, R[p, k, 4 * ii + 3])
+                    while ii < npv - 1 and R[p, k, 8 * ii + 1] + 1 <= z:
+                        r = _find(nd, R[p, k, 8 * ii + 3])
                         if lab < 0:
                             lab = r
                         elif r != lab:
@@ -248,26 +253,28 @@ def _components(img, lut, ev, cnt, R, nd):
                     else:
                         _extend_node(nd, lab, a, z, y)
                         nd[lab, 7] |= edge
-                    R[b, k, 4 * j + 3] = lab
+                    R[b, k, 8 * j + 3] = lab
+                    R[b, k, 8 * j + 6] = a
+                    R[b, k, 8 * j + 7] = z
             if npv >= 2:
                 if nc == 0:
                     for i in range(npv - 1):
-                        nd[_find(nd, R[p, k, 4 * i + 3]), 7] = 1
+                        nd[_find(nd, R[p, k, 8 * i + 3]), 7] = 1
                 else:
                     cs0 = R[b, k, 0]
-                    cel = R[b, k, 4 * nc - 3]
+                    cel = R[b, k, 8 * nc - 7]
                     i = 0
-                    while i < npv - 1 and R[p, k, 4 * i + 1] + 1 < cs0:
-                        nd[_find(nd, R[p, k, 4 * i + 3]), 7] = 1
+                    while i < npv - 1 and R[p, k, 8 * i + 1] + 1 < cs0:
+                        nd[_find(nd, R[p, k, 8 * i + 3]), 7] = 1
                         i += 1
                     i = npv - 2
-                    while i >= 0 and R[p, k, 4 * i + 4] - 1 > cel:
-                        nd[_find(nd, R[p, k, 4 * i + 3]), 7] = 1
+                    while i >= 0 and R[p, k, 8 * i + 8] - 1 > cel:
+                        nd[_find(nd, R[p, k, 8 * i + 3]), 7] = 1
                         i -= 1
             for j in range(nc):
-                R[b, k, 4 * j + 2] = _find(nd, R[b, k, 4 * j + 2])
+                R[b, k, 8 * j + 2] = _find(nd, R[b, k, 8 * j + 2])
             for j in range(nc - 1):
-                R[b, k, 4 * j + 3] = _find(nd, R[b, k, 4 * j + 3])
+                R[b, k, 8 * j + 3] = _find(nd, R[b, k, 8 * j + 3])
         kp = top
     return nd, n_nd
 
@@ -275,7 +282,7 @@ def _components(img, lut, ev, cnt, R, nd):
 @numba.njit(cache=True, nogil=True)
 def _scratch(width: int, n_levels: int):
     """Work arrays of :func:`_components` for rows of ``width`` and up to ``n_levels`` levels:
-    ``ev [W + 2]`` int64 the row's changes (``x << 32 | level before << 16 | level after``),
+    ``ev [2, W + 2]`` the row's changes (``x`` and the level from ``x`` on),
     ``cnt [3, K]`` runs per (row buffer, level) and the start of each level's open run,
     ``R [2, K, 4 S]`` per (row buffer, level) its runs in ``x`` order, one record each:
     ``(start, end, run's node, node of the gap after it)``; ``nd`` nodes (grown)."""
@@ -283,9 +290,9 @@ def _scratch(width: int, n_levels: int):
     stride = 16 * (stride // 16) + 24  # levels' rows start on different cache sets
     k = n_levels + 1
     return (
-        np.empty(width + 2, np.int64),
+        np.empty((2, width + 2), np.int32),
         np.zeros((3, k), np.int32),
-        np.empty((2, k, 4 * stride), np.int32),
+        np.empty((2, k, 8 * stride), np.int32),
         np.empty((1024, _NODE_FIELDS), np.int32),
     )
 
