@@ -191,14 +191,11 @@ def _components(img, lut, ev, cnt, R, nd):
                     continue
             # general path: the chains of the row above end here (their nodes take their x
             # extent and last row), then this row's runs and gaps are joined to them
-            for i in range(npv):
-                _extend_node(
-                    nd, _find(nd, R[p, k, 8 * i + 2]), R[p, k, 8 * i + 4], R[p, k, 8 * i + 5], y - 1
-                )
+            for i in range(npv):  # (the row above's nodes are roots: no join yet at level k)
+                _extend_node(nd, R[p, k, 8 * i + 2], R[p, k, 8 * i + 4], R[p, k, 8 * i + 5], y - 1)
             for i in range(npv - 1):
-                _extend_node(
-                    nd, _find(nd, R[p, k, 8 * i + 3]), R[p, k, 8 * i + 6], R[p, k, 8 * i + 7], y - 1
-                )
+                _extend_node(nd, R[p, k, 8 * i + 3], R[p, k, 8 * i + 6], R[p, k, 8 * i + 7], y - 1)
+            joined = False
             i = 0
             for j in range(nc):
                 s = R[b, k, 8 * j]
@@ -213,6 +210,7 @@ def _components(img, lut, ev, cnt, R, nd):
                         lab = r
                     elif r != lab:
                         lab = _join(nd, lab, r)
+                        joined = True
                     ii += 1
                 if ii > i:
                     i = ii - 1
@@ -243,6 +241,7 @@ def _components(img, lut, ev, cnt, R, nd):
                             lab = r
                         elif r != lab:
                             lab = _join(nd, lab, r)
+                            joined = True
                         ii += 1
                     if ii > i:
                         i = ii - 1
@@ -271,10 +270,11 @@ def _components(img, lut, ev, cnt, R, nd):
                     while i >= 0 and R[p, k, 8 * i + 8] - 1 > cel:
                         nd[_find(nd, R[p, k, 8 * i + 3]), 7] = 1
                         i -= 1
-            for j in range(nc):
-                R[b, k, 8 * j + 2] = _find(nd, R[b, k, 8 * j + 2])
-            for j in range(nc - 1):
-                R[b, k, 8 * j + 3] = _find(nd, R[b, k, 8 * j + 3])
+            if joined:  # this row's nodes as roots for the next row
+                for j in range(nc):
+                    R[b, k, 8 * j + 2] = _find(nd, R[b, k, 8 * j + 2])
+                for j in range(nc - 1):
+                    R[b, k, 8 * j + 3] = _find(nd, R[b, k, 8 * j + 3])
         kp = top
     return nd, n_nd
 
