@@ -26,9 +26,12 @@ box; a run or gap that continues one of the row above takes that one's node.
 
 Most (row, level) pairs of a smooth map continue the row above run for run (92-96% on the
 benchmark's CAM-like maps): run ``j`` touches the row above's run ``j`` only and gap ``j`` its
-gap ``j``. That case takes one branch-free pass per pair (the boxes are extended as it checks;
-an extension is right wherever the two runs touch, whatever else holds); any other pair goes
-through the general merge (unions, new nodes, edge flags).
+gap ``j``. That case touches no node: each run's (and gap's) record carries its *chain*, the
+runs continuing one another row after row, with the chain's node and ``x`` extent, which the
+pair only copies and widens (one run continuing one run, the most common pair, has a straight
+path of its own). Any other pair goes through the general merge: the chains of the row above
+end there (their nodes take their ``x`` extent and last row), then unions, new nodes and edge
+flags; the last row always goes through it, so every chain has ended when the scan does.
 
 Equality with ``findContours`` is tested on random and adversarial maps against
 :func:`lesionsweep.metrics.reference.reference_mine_boxes`. :func:`maxbox_counts` runs
@@ -117,6 +120,10 @@ def _components(img, lut, ev, cnt, R, nd):
     Returns:
         ``(nd, n)``: nodes ``nd[:n]`` (see ``_NODE_FIELDS``); each root (``nd[i, 0] == i``) that
         is a component, or a hole not reaching the edge, has a box (:func:`_node_box`).
+
+    A row's runs of level ``k`` are ``R[b, k, 8 j : 8 j + 8]``: start, end, node of the run's
+    chain, node of the gap after it, the run chain's ``x`` extent, the gap chain's ``x`` extent
+    (``b`` alternates between the row buffers).
     """
     ev_x = ev[0]
     ev_q = ev[1]
@@ -284,8 +291,8 @@ def _scratch(width: int, n_levels: int):
     """Work arrays of :func:`_components` for rows of ``width`` and up to ``n_levels`` levels:
     ``ev [2, W + 2]`` the row's changes (``x`` and the level from ``x`` on),
     ``cnt [3, K]`` runs per (row buffer, level) and the start of each level's open run,
-    ``R [2, K, 4 S]`` per (row buffer, level) its runs in ``x`` order, one record each:
-    ``(start, end, run's node, node of the gap after it)``; ``nd`` nodes (grown)."""
+    ``R [2, K, 8 S]`` per (row buffer, level) its runs in ``x`` order, a record of 8 each (see
+    :func:`_components`); ``nd`` nodes (grown)."""
     stride = (width + 1) // 2 + 1  # at most this many runs per (row, level)
     stride = 16 * (stride // 16) + 24  # levels' rows start on different cache sets
     k = n_levels + 1
@@ -360,7 +367,8 @@ def level_boxes(q: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
 
 @numba.njit(cache=True, nogil=True)
 def _quantise(m, image, present) -> bool:
-    """``image = uint8(m * 255)`` (numpy's truncation) in a vectorised pass; False if a value
+    """``image = uint8(m * 255)`` (numpy's truncation), a vectorised pass per row, and
+    ``present[v] = 1`` for each value ``v`` of the row while it is in cache; False if a value
     is NaN or outside [0, 1] (``image`` is then garbage)."""
     ok = True
     for y in range(m.shape[0]):
