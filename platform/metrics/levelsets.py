@@ -180,20 +180,23 @@ def _components(img, lut, ev, cnt, R, nd):
                 # carries on the chain of the one above (its node, the chain's x extent); if
                 # anything else touches, the general path below redoes the pair
                 ok = True
+                s = R[b, k, 0]
+                ps = R[p, k, 0]
                 for j in range(nc):
-                    s = R[b, k, 8 * j]
                     e = R[b, k, 8 * j + 1]
-                    ok &= (s <= R[p, k, 8 * j + 1] + 1) & (R[p, k, 8 * j] <= e + 1)
+                    pe = R[p, k, 8 * j + 1]
+                    ok &= (s <= pe + 1) & (ps <= e + 1)
                     R[b, k, 8 * j + 2] = R[p, k, 8 * j + 2]
                     R[b, k, 8 * j + 4] = min(R[p, k, 8 * j + 4], s)
                     R[b, k, 8 * j + 5] = max(R[p, k, 8 * j + 5], e)
-                for j in range(nc - 1):  # gap j: not touching run j+1 / prev run j+1
-                    a = R[b, k, 8 * j + 1] + 1
-                    z = R[b, k, 8 * j + 8] - 1
-                    ok &= (a <= R[p, k, 8 * j + 8] - 1) & (R[p, k, 8 * j + 1] + 1 <= z)
+                    # gap j, up to the next run (not touching run j+1 / prev run j+1); after
+                    # the last run there is none: its check is void and its fields unused
+                    s = R[b, k, 8 * j + 8]
+                    ps = R[p, k, 8 * j + 8]
+                    ok &= ((e + 1 <= ps - 1) & (pe + 1 <= s - 1)) | (j == nc - 1)
                     R[b, k, 8 * j + 3] = R[p, k, 8 * j + 3]
-                    R[b, k, 8 * j + 6] = min(R[p, k, 8 * j + 6], a)
-                    R[b, k, 8 * j + 7] = max(R[p, k, 8 * j + 7], z)
+                    R[b, k, 8 * j + 6] = min(R[p, k, 8 * j + 6], e + 1)
+                    R[b, k, 8 * j + 7] = max(R[p, k, 8 * j + 7], s - 1)
                 if ok:
                     continue
             # general path: the chains of the row above end here (their nodes take their x
