@@ -153,7 +153,14 @@ def _components(img, lut, ev, cnt, R, nd):
         for i in range(n_ev):
             x = ev_x[i]
             c = ev_q[i]
-            if c > pv:  # runs of levels pv..c-1 start at x (kept until they end)
+            if c == pv + 1:  # ~90% of the changes on CAM-like maps are of one level
+                start[pv] = x
+            elif c == pv - 1:
+                j = cnt[b, c]
+                R[b, c, 8 * j] = start[c]
+                R[b, c, 8 * j + 1] = x - 1
+                cnt[b, c] = j + 1
+            elif c > pv:  # runs of levels pv..c-1 start at x (kept until they end)
                 for k in range(pv, c):
                     start[k] = x
             else:  # runs of levels c..pv-1 end at x - 1
