@@ -182,6 +182,33 @@ def _components(img, lut, ev, cnt, R, nd):
                     R[b, k, 4] = min(R[p, k, 4], s)
                     R[b, k, 5] = max(R[p, k, 5], e)
                     continue
+            elif nc == 2 and npv == 2 and not edge_row:  # two runs and the gap between them
+                s0 = R[b, k, 0]
+                e0 = R[b, k, 1]
+                s1 = R[b, k, 8]
+                e1 = R[b, k, 9]
+                ps0 = R[p, k, 0]
+                pe0 = R[p, k, 1]
+                ps1 = R[p, k, 8]
+                pe1 = R[p, k, 9]
+                if (
+                    (s0 <= pe0 + 1)
+                    & (ps0 <= e0 + 1)
+                    & (s1 <= pe1 + 1)
+                    & (ps1 <= e1 + 1)
+                    & (e0 + 1 <= ps1 - 1)
+                    & (pe0 + 1 <= s1 - 1)
+                ):
+                    R[b, k, 2] = R[p, k, 2]
+                    R[b, k, 4] = min(R[p, k, 4], s0)
+                    R[b, k, 5] = max(R[p, k, 5], e0)
+                    R[b, k, 3] = R[p, k, 3]
+                    R[b, k, 6] = min(R[p, k, 6], e0 + 1)
+                    R[b, k, 7] = max(R[p, k, 7], s1 - 1)
+                    R[b, k, 10] = R[p, k, 10]
+                    R[b, k, 12] = min(R[p, k, 12], s1)
+                    R[b, k, 13] = max(R[p, k, 13], e1)
+                    continue
             elif nc == npv and nc > 0 and not edge_row:
                 # the common case, rows continuing one another run for run: each run / gap
                 # carries on the chain of the one above (its node, the chain's x extent); if
