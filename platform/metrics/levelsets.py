@@ -330,8 +330,7 @@ def _scratch(width: int, n_levels: int):
     ``cnt [3, K]`` runs per (row buffer, level) and the start of each level's open run,
     ``R [2, K, 8 S]`` per (row buffer, level) its runs in ``x`` order, a record of 8 each (see
     :func:`_components`); ``nd`` nodes (grown)."""
-    stride = (width + 1) // 2 + 1  # at most this many runs per (row, level)
-    stride = 16 * (stride // 16) + 24  # levels' rows start on different cache sets
+    stride = (width + 1) // 2 + 2  # runs per (row, level) at most, and one record read past them
     k = n_levels + 1
     return (
         np.empty((2, width + 2), np.int32),
@@ -399,7 +398,7 @@ def level_boxes(q: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
     n_levels = int(n_levels)
     top = int(arr.max()) if arr.size else 0
     lut = np.minimum(np.arange(top + 1), n_levels).astype(np.int32)  # q above K: K
-    return _level_boxes(arr, lut, n_levels)
+    return _level_boxes(arr, lut, min(n_levels, top))  # no runs at levels >= max(q)
 
 
 @numba.njit(cache=True, nogil=True)
