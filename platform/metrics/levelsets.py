@@ -102,7 +102,8 @@ def _open_node(nd, n, x0, x1, y, k, hole, edge):
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _extend_node(nd, r, x0, x1, y):
-    """Root ``r`` takes the run/gap ``x0..x1`` of row ``y`` (the rows come in order)."""
+    """Root ``r`` takes the columns ``x0..x1`` and reaches row ``y`` (the rows come in order): a
+    run / gap of row ``y``, or a chain ending in row ``y``."""
     nd[r, 1] = min(nd[r, 1], x0)
     nd[r, 2] = max(nd[r, 2], x1)
     nd[r, 4] = y
