@@ -26,9 +26,12 @@ box; a run or gap that continues one of the row above takes that one's node.
 
 Most (row, level) pairs of a smooth map continue the row above run for run (92-96% on the
 benchmark's CAM-like maps): run ``j`` touches the row above's run ``j`` only and gap ``j`` its
-gap ``j``. That case takes one branch-free pass per pair (the boxes are extended as it checks;
-an extension is right wherever the two runs touch, whatever else holds); any other pair goes
-through the general merge (unions, new nodes, edge flags).
+gap ``j``. That case touches no node: each run's (and gap's) record carries its *chain*, the
+runs continuing one another row after row, with the chain's node and ``x`` extent, which the
+pair only copies and widens (one run continuing one run, the most common pair, has a straight
+path of its own). Any other pair goes through the general merge: the chains of the row above
+end there (their nodes take their ``x`` extent and last row), then unions, new nodes and edge
+flags; the last row always goes through it, so every chain has ended when the scan does.
 
 Equality with ``findContours`` is tested on random and adversarial maps against
 :func:`lesionsweep.metrics.reference.reference_mine_boxes`. :func:`maxbox_counts` runs
@@ -99,28 +102,33 @@ def _open_node(nd, n, x0, x1, y, k, hole, edge):
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _extend_node(nd, r, x0, x1, y):
-    """Root ``r`` takes the run/gap ``x0..x1`` of row ``y`` (the rows come in order)."""
+    """Root ``r`` takes the columns ``x0..x1`` and reaches row ``y`` (the rows come in order): a
+    run / gap of row ``y``, or a chain ending in row ``y``."""
     nd[r, 1] = min(nd[r, 1], x0)
     nd[r, 2] = max(nd[r, 2], x1)
     nd[r, 4] = y
 
 
 @numba.njit(cache=True, nogil=True)
-def _components(img, lut, ev, cnt, R, L, G, nd):
+def _components(img, lut, ev, cnt, R, nd):
     """Components and holes of ``lut[img] > k`` for every level ``k``, in one scan of the rows.
 
     Args:
         img: uint ``[H, W]`` image; ``lut[v]`` (int32) is the level index of value ``v``.
-        ev, cnt, R, L, G, nd: work arrays from :func:`_scratch` (``nd`` may be replaced by a
-            larger one).
+        ev, cnt, R, nd: work arrays from :func:`_scratch` (``nd`` may be replaced by a larger
+            one).
 
     Returns:
         ``(nd, n)``: nodes ``nd[:n]`` (see ``_NODE_FIELDS``); each root (``nd[i, 0] == i``) that
         is a component, or a hole not reaching the edge, has a box (:func:`_node_box`).
+
+    A row's runs of level ``k`` are ``R[b, k, 8 j : 8 j + 8]``: start, end, node of the run's
+    chain, node of the gap after it, the run chain's ``x`` extent, the gap chain's ``x`` extent
+    (``b`` alternates between the row buffers).
     """
     ev_x = ev[0]
     ev_q = ev[1]
-    ev_p = ev[2]
+    start = cnt[2]
     height, width = img.shape
     n_nd = 0
     kp = 0
@@ -134,85 +142,120 @@ def _components(img, lut, ev, cnt, R, L, G, nd):
             cur = lut[img[y, x]]
             ev_x[n_ev] = x
             ev_q[n_ev] = cur
-            ev_p[n_ev] = prev
             n_ev += cur != prev
             top = max(top, cur)
             prev = cur
         ev_x[n_ev] = width
         ev_q[n_ev] = 0
-        ev_p[n_ev] = prev
         n_ev += prev != 0
         for k in range(top):
             cnt[b, k] = 0
-        for e in range(n_ev):
-            x = ev_x[e]
-            c = ev_q[e]
-            pv = ev_p[e]
-            f = 1 if c < pv else 0
-            lo = min(c, pv)
-            hi = max(c, pv)
-            if hi - lo == 1:  # ~90% of the changes on CAM-like maps
-                j = cnt[b, lo]
-                R[b, lo, 2 * j + f] = x - f
-                cnt[b, lo] = j + f
-            else:
-                for k in range(lo, hi):
+        pv = 0
+        for i in range(n_ev):
+            x = ev_x[i]
+            c = ev_q[i]
+            if c == pv + 1:  # ~90% of the changes on CAM-like maps are of one level
+                start[pv] = x
+            elif c == pv - 1:
+                j = cnt[b, c]
+                R[b, c, 8 * j] = start[c]
+                R[b, c, 8 * j + 1] = x - 1
+                cnt[b, c] = j + 1
+            elif c > pv:  # runs of levels pv..c-1 start at x (kept until they end)
+                for k in range(pv, c):
+                    start[k] = x
+            else:  # runs of levels c..pv-1 end at x - 1
+                for k in range(c, pv):
                     j = cnt[b, k]
-                    R[b, k, 2 * j + f] = x - f
-                    cnt[b, k] = j + f
+                    R[b, k, 8 * j] = start[k]
+                    R[b, k, 8 * j + 1] = x - 1
+                    cnt[b, k] = j + 1
+            pv = c
         edge_row = y == 0 or y == height - 1
         for k in range(max(top, kp)):
             nc = cnt[b, k] if k < top else 0
             npv = cnt[p, k] if k < kp else 0
-            if nc == npv and nc > 0 and not edge_row:
-                # the common case, rows continuing one another run for run: extend each run's
-                # component (correct wherever the two runs touch, whatever else holds) and
-                # check that nothing else touches; else the general path below redoes the pair
-                rc = R[b, k]
-                rp = R[p, k]
-                lp = L[p, k]
-                lc = L[b, k]
+            if nc == 1 and npv == 1 and not edge_row:
+                s = R[b, k, 0]
+                e = R[b, k, 1]
+                if (s <= R[p, k, 1] + 1) & (R[p, k, 0] <= e + 1):  # one run continuing one run
+                    R[b, k, 2] = R[p, k, 2]
+                    R[b, k, 4] = min(R[p, k, 4], s)
+                    R[b, k, 5] = max(R[p, k, 5], e)
+                    continue
+            elif nc == 2 and npv == 2 and not edge_row:  # two runs and the gap between them
+                s0 = R[b, k, 0]
+                e0 = R[b, k, 1]
+                s1 = R[b, k, 8]
+                e1 = R[b, k, 9]
+                ps0 = R[p, k, 0]
+                pe0 = R[p, k, 1]
+                ps1 = R[p, k, 8]
+                pe1 = R[p, k, 9]
+                if (
+                    (s0 <= pe0 + 1)
+                    & (ps0 <= e0 + 1)
+                    & (s1 <= pe1 + 1)
+                    & (ps1 <= e1 + 1)
+                    & (e0 + 1 <= ps1 - 1)
+                    & (pe0 + 1 <= s1 - 1)
+                ):
+                    R[b, k, 2] = R[p, k, 2]
+                    R[b, k, 4] = min(R[p, k, 4], s0)
+                    R[b, k, 5] = max(R[p, k, 5], e0)
+                    R[b, k, 3] = R[p, k, 3]
+                    R[b, k, 6] = min(R[p, k, 6], e0 + 1)
+                    R[b, k, 7] = max(R[p, k, 7], s1 - 1)
+                    R[b, k, 10] = R[p, k, 10]
+                    R[b, k, 12] = min(R[p, k, 12], s1)
+                    R[b, k, 13] = max(R[p, k, 13], e1)
+                    continue
+            elif nc == npv and nc > 0 and not edge_row:
+                # the common case, rows continuing one another run for run: each run / gap
+                # carries on the chain of the one above (its node, the chain's x extent); if
+                # anything else touches, the general path below redoes the pair
                 ok = True
+                s = R[b, k, 0]
+                ps = R[p, k, 0]
                 for j in range(nc):
-                    s = rc[2 * j]
-                    e = rc[2 * j + 1]
-                    ov = (s <= rp[2 * j + 1] + 1) & (rp[2 * j] <= e + 1)
-                    ok &= ov
-                    lab = lp[j]
-                    nd[lab, 1] = min(nd[lab, 1], s if ov else width)
-                    nd[lab, 2] = max(nd[lab, 2], e if ov else -1)
-                    nd[lab, 4] = y if ov else nd[lab, 4]
-                    lc[j] = lab
-                gp = G[p, k]
-                gc = G[b, k]
-                for j in range(nc - 1):
-                    a = rc[2 * j + 1] + 1
-                    z = rc[2 * j + 2] - 1
-                    pa = rp[2 * j + 1] + 1
-                    pz = rp[2 * j + 2] - 1
-                    ok &= (a <= pz) & (pa <= z)  # gap j (not touching run j+1 / prev run j+1)
-                    ov = (a <= pz) & (pa <= z)
-                    g = gp[j]
-                    nd[g, 1] = min(nd[g, 1], a if ov else width)
-                    nd[g, 2] = max(nd[g, 2], z if ov else -1)
-                    nd[g, 4] = y if ov else nd[g, 4]
-                    gc[j] = g
+                    e = R[b, k, 8 * j + 1]
+                    pe = R[p, k, 8 * j + 1]
+                    ok &= (s <= pe + 1) & (ps <= e + 1)
+                    R[b, k, 8 * j + 2] = R[p, k, 8 * j + 2]
+                    R[b, k, 8 * j + 4] = min(R[p, k, 8 * j + 4], s)
+                    R[b, k, 8 * j + 5] = max(R[p, k, 8 * j + 5], e)
+                    # gap j, up to the next run (not touching run j+1 / prev run j+1); after
+                    # the last run there is none: its check is void and its fields unused
+                    s = R[b, k, 8 * j + 8]
+                    ps = R[p, k, 8 * j + 8]
+                    ok &= ((e + 1 <= ps - 1) & (pe + 1 <= s - 1)) | (j == nc - 1)
+                    R[b, k, 8 * j + 3] = R[p, k, 8 * j + 3]
+                    R[b, k, 8 * j + 6] = min(R[p, k, 8 * j + 6], e + 1)
+                    R[b, k, 8 * j + 7] = max(R[p, k, 8 * j + 7], s - 1)
                 if ok:
                     continue
+            # general path: the chains of the row above end here (their nodes take their x
+            # extent and last row), then this row's runs and gaps are joined to them
+            for i in range(npv):  # (the row above's nodes are roots: no join yet at level k)
+                _extend_node(nd, R[p, k, 8 * i + 2], R[p, k, 8 * i + 4], R[p, k, 8 * i + 5], y - 1)
+            for i in range(npv - 1):
+                _extend_node(nd, R[p, k, 8 * i + 3], R[p, k, 8 * i + 6], R[p, k, 8 * i + 7], y - 1)
+            joined = False
             i = 0
             for j in range(nc):
-                s = R[b, k, 2 * j]
-                e = R[b, k, 2 * j + 1]
-                while i < npv and R[p, k, 2 * i + 1] + 1 < s:
+                s = R[b, k, 8 * j]
+                e = R[b, k, 8 * j + 1]
+                while i < npv and R[p, k, 8 * i + 1] + 1 < s:
                     i += 1
                 lab = -1
                 ii = i
-                while ii < npv and R[p, k, 2 * ii] <= e + 1:
-                    r = _find(nd, L[p, k, ii])
+                while ii < npv and R[p, k, 8 * ii] <= e + 1:
+                    r = _find(nd, R[p, k, 8 * ii + 2])
                     if lab < 0:
                         lab = r
                     elif r != lab:
                         lab = _join(nd, lab, r)
+                        joined = True
                     ii += 1
                 if ii > i:
                     i = ii - 1
@@ -222,25 +265,28 @@ def _components(img, lut, ev, cnt, R, L, G, nd):
                     n_nd += 1
                 else:
                     _extend_node(nd, lab, s, e, y)
-                L[b, k, j] = lab
+                R[b, k, 8 * j + 2] = lab
+                R[b, k, 8 * j + 4] = s
+                R[b, k, 8 * j + 5] = e
             if nc >= 2:
                 ps0 = R[p, k, 0] if npv > 0 else 0
-                pel = R[p, k, 2 * npv - 1] if npv > 0 else 0
+                pel = R[p, k, 8 * npv - 7] if npv > 0 else 0
                 i = 0
                 for j in range(nc - 1):
-                    a = R[b, k, 2 * j + 1] + 1
-                    z = R[b, k, 2 * j + 2] - 1
+                    a = R[b, k, 8 * j + 1] + 1
+                    z = R[b, k, 8 * j + 8] - 1
                     edge = 1 if (edge_row or npv == 0 or a < ps0 or z > pel) else 0
-                    while i < npv - 1 and R[p, k, 2 * i + 2] - 1 < a:
+                    while i < npv - 1 and R[p, k, 8 * i + 8] - 1 < a:
                         i += 1
                     lab = -1
                     ii = i
-                    while ii < npv - 1 and R[p, k, 2 * ii + 1] + 1 <= z:
-                        r = _find(nd, G[p, k, ii])
+                    while ii < npv - 1 and R[p, k, 8 * ii + 1] + 1 <= z:
+                        r = _find(nd, R[p, k, 8 * ii + 3])
                         if lab < 0:
                             lab = r
                         elif r != lab:
                             lab = _join(nd, lab, r)
+                            joined = True
                         ii += 1
                     if ii > i:
                         i = ii - 1
@@ -251,26 +297,29 @@ def _components(img, lut, ev, cnt, R, L, G, nd):
                     else:
                         _extend_node(nd, lab, a, z, y)
                         nd[lab, 7] |= edge
-                    G[b, k, j] = lab
+                    R[b, k, 8 * j + 3] = lab
+                    R[b, k, 8 * j + 6] = a
+                    R[b, k, 8 * j + 7] = z
             if npv >= 2:
                 if nc == 0:
                     for i in range(npv - 1):
-                        nd[_find(nd, G[p, k, i]), 7] = 1
+                        nd[_find(nd, R[p, k, 8 * i + 3]), 7] = 1
                 else:
                     cs0 = R[b, k, 0]
-                    cel = R[b, k, 2 * nc - 1]
+                    cel = R[b, k, 8 * nc - 7]
                     i = 0
-                    while i < npv - 1 and R[p, k, 2 * i + 1] + 1 < cs0:
-                        nd[_find(nd, G[p, k, i]), 7] = 1
+                    while i < npv - 1 and R[p, k, 8 * i + 1] + 1 < cs0:
+                        nd[_find(nd, R[p, k, 8 * i + 3]), 7] = 1
                         i += 1
                     i = npv - 2
-                    while i >= 0 and R[p, k, 2 * i + 2] - 1 > cel:
-                        nd[_find(nd, G[p, k, i]), 7] = 1
+                    while i >= 0 and R[p, k, 8 * i + 8] - 1 > cel:
+                        nd[_find(nd, R[p, k, 8 * i + 3]), 7] = 1
                         i -= 1
-            for j in range(nc):
-                L[b, k, j] = _find(nd, L[b, k, j])
-            for j in range(nc - 1):
-                G[b, k, j] = _find(nd, G[b, k, j])
+            if joined:  # this row's nodes as roots for the next row
+                for j in range(nc):
+                    R[b, k, 8 * j + 2] = _find(nd, R[b, k, 8 * j + 2])
+                for j in range(nc - 1):
+                    R[b, k, 8 * j + 3] = _find(nd, R[b, k, 8 * j + 3])
         kp = top
     return nd, n_nd
 
@@ -278,17 +327,16 @@ def _components(img, lut, ev, cnt, R, L, G, nd):
 @numba.njit(cache=True, nogil=True)
 def _scratch(width: int, n_levels: int):
     """Work arrays of :func:`_components` for rows of ``width`` and up to ``n_levels`` levels:
-    ``ev [3, W + 2]`` (the row's changes), ``cnt [2, K]`` runs per (row buffer, level),
-    ``R [2, K, 2 S]`` run ends, ``L / G [2, K, S]`` run / gap nodes, ``nd`` nodes (grown)."""
-    stride = (width + 1) // 2 + 1  # at most this many runs per (row, level)
-    stride = 16 * (stride // 16) + 24  # levels' rows start on different cache sets
+    ``ev [2, W + 2]`` the row's changes (``x`` and the level from ``x`` on),
+    ``cnt [3, K]`` runs per (row buffer, level) and the start of each level's open run,
+    ``R [2, K, 8 S]`` per (row buffer, level) its runs in ``x`` order, a record of 8 each (see
+    :func:`_components`); ``nd`` nodes (grown)."""
+    stride = (width + 1) // 2 + 2  # runs per (row, level) at most, and one record read past them
     k = n_levels + 1
     return (
-        np.empty((3, width + 2), np.int32),
-        np.zeros((2, k), np.int32),
-        np.empty((2, k, 2 * stride), np.int32),
-        np.empty((2, k, stride), np.int32),
-        np.empty((2, k, stride), np.int32),
+        np.empty((2, width + 2), np.int32),
+        np.zeros((3, k), np.int32),
+        np.empty((2, k, 8 * stride), np.int32),
         np.empty((1024, _NODE_FIELDS), np.int32),
     )
 
@@ -312,8 +360,8 @@ def _node_box(nd, i, width, height):
 @numba.njit(cache=True, nogil=True)
 def _level_boxes(q, lut, n_levels):
     height, width = q.shape
-    ev, cnt, R, L, G, nd = _scratch(width, n_levels)
-    nd, n_nd = _components(q, lut, ev, cnt, R, L, G, nd)
+    ev, cnt, R, nd = _scratch(width, n_levels)
+    nd, n_nd = _components(q, lut, ev, cnt, R, nd)
     m = 0
     for i in range(n_nd):
         m += _node_box(nd, i, width, height)[0]
@@ -351,12 +399,13 @@ def level_boxes(q: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
     n_levels = int(n_levels)
     top = int(arr.max()) if arr.size else 0
     lut = np.minimum(np.arange(top + 1), n_levels).astype(np.int32)  # q above K: K
-    return _level_boxes(arr, lut, n_levels)
+    return _level_boxes(arr, lut, min(n_levels, top))  # no runs at levels >= max(q)
 
 
 @numba.njit(cache=True, nogil=True)
-def _quantise(m, image) -> bool:
-    """``image = uint8(m * 255)`` (numpy's truncation) in a vectorised pass; False if a value
+def _quantise(m, image, present) -> bool:
+    """``image = uint8(m * 255)`` (numpy's truncation), a vectorised pass per row, and
+    ``present[v] = 1`` for each value ``v`` of the row while it is in cache; False if a value
     is NaN or outside [0, 1] (``image`` is then garbage)."""
     ok = True
     for y in range(m.shape[0]):
@@ -366,6 +415,8 @@ def _quantise(m, image) -> bool:
             v = src[x]
             ok &= (v >= 0.0) & (v <= 1.0)
             dst[x] = np.uint8(v * 255) if (v >= 0.0) & (v <= 1.0) else np.uint8(0)
+        for x in range(dst.shape[0]):  # the row is still in L1
+            present[dst[x]] = 1
     return ok
 
 
@@ -375,7 +426,7 @@ def _maxbox_counts(maps, images, gt, gt_off, taus, deltas, num_correct) -> int:
     n, height, width = images.shape if quantised else maps.shape
     n_tau = taus.shape[0]
     image = np.empty((height, width), np.uint8)  # rebound to images[i] when quantised
-    ev, cnt, R, L, G, nd = _scratch(width, min(n_tau, 256))  # <= 256 distinct thresholds
+    ev, cnt, R, nd = _scratch(width, min(n_tau, 256))  # <= 256 distinct thresholds
     correct = np.zeros(num_correct.shape, np.int64)
     levels = np.empty(n_tau, np.int64)
     inverse = np.empty(n_tau, np.int64)
@@ -386,12 +437,12 @@ def _maxbox_counts(maps, images, gt, gt_off, taus, deltas, num_correct) -> int:
         present = np.zeros(256, np.int64)
         if quantised:
             image = images[i]
-        elif not _quantise(maps[i], image):
+            for y in range(height):
+                row = image[y]
+                for x in range(width):
+                    present[row[x]] = 1
+        elif not _quantise(maps[i], image, present):
             return 1
-        for y in range(height):
-            row = image[y]
-            for x in range(width):
-                present[row[x]] = 1
         mx = 0
         for v in range(256):
             if present[v]:
@@ -414,7 +465,7 @@ def _maxbox_counts(maps, images, gt, gt_off, taus, deltas, num_correct) -> int:
             while k < n_lv and levels[k] < v:
                 k += 1
             lut[v] = k
-        nd, n_nd = _components(image, lut, ev, cnt, R, L, G, nd)
+        nd, n_nd = _components(image, lut, ev, cnt, R, nd)
         # best IoU ("+1" convention, as calculate_multiple_iou) per level over boxes x GT
         g0 = gt_off[i]
         g1 = gt_off[i + 1]

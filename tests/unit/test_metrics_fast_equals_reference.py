@@ -180,6 +180,16 @@ def _adversarial_maps() -> list[np.ndarray]:
     dot = np.zeros((5, 6))
     dot[2, 3] = 1.0
     maps.append(dot)
+    # two diamond rings (widest mid-height, with a diamond hole each), joined by a bar at the
+    # bottom: long stretches of rows continuing run for run carry the widest extents of the
+    # components and holes until their chains end or join
+    yy, xx = np.mgrid[0:21, 0:31]
+    rings2 = np.zeros((21, 31))
+    for cx in (7, 23):
+        d = np.abs(xx - cx) + np.abs(yy - 9)
+        rings2[(d <= 7) & (d >= 3)] = 0.6 + 0.02 * (7 - d[(d <= 7) & (d >= 3)])
+    rings2[17:19, 7:24] = 0.5
+    maps.append(rings2)
     maps.append(np.ones((6, 7)))
     maps.append(np.zeros((6, 7)))
     maps.append(np.full((1, 1), 0.4))
