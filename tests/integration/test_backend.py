@@ -158,10 +158,12 @@ def test_recent_view_kept_incrementally_equals_its_definition() -> None:
                 st.tell(t, state=optuna.trial.TrialState.PRUNED)
             else:
                 st.tell(t, round(rng.random(), 2))  # ties are broken by the lower number
-        states = None if step % 2 else (optuna.trial.TrialState.COMPLETE,)
+        c, p, r = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, _RUNNING)
+        states = [None, (c,), (c, p), (c, p, r)][step % 4]  # the last two: from the book
         got = [t.number for t in sampler._view(st)._get_trials(deepcopy=False, states=states)]
         # within one suggest (listed once, shared, slim copies): the same trials
-        shared = sampler._view(st, SimpleNamespace(number=10_000 + step))
+        sampler._shared = None  # a new suggest (the test changes the study between views)
+        shared = sampler._view(st, SimpleNamespace(number=len(st.trials) - 1))
         slim = shared._get_trials(deepcopy=False, states=states)
         assert [t.number for t in slim] == got
         assert shared._get_trials(deepcopy=False, states=states) is slim  # made once
@@ -287,6 +289,7 @@ def test_tpe_with_trials_in_flight_draws_exactly_as_optuna(constant_liar: bool) 
 
 
 _PRUNED = optuna.trial.TrialState.PRUNED
+_RUNNING = optuna.trial.TrialState.RUNNING
 
 
 def test_trial_reaching_its_last_epoch_is_not_pruned(tmp_path: Path) -> None:

@@ -10,11 +10,14 @@ changes only what it is given to work on:
 * **A bounded history.** It models at most ``max_history`` finished trials: the most recent ones
   plus the best ``n_best`` ever (so the good group keeps the best configs ever seen). Up to
   ``max_history`` finished trials it is exactly Optuna's TPE (tested: same draws).
-* **One list per suggest.** The study's trials are listed from storage once per suggest; the
-  lists TPE asks for (per state filter, windowed or not) are made once from it and shared by
-  the groups. The old part of each window is kept incrementally (:class:`_Window`).
+* **No listing of every trial.** A :class:`_Book` per study holds the trials read so far; each
+  suggest reads only the new trials and those not finished when last read (O(1) storage reads
+  each) and keeps the modelled ones in number order. The lists TPE asks for (per state filter,
+  windowed or not) are made from it once per suggest and shared by the groups. The old part of
+  each window is kept incrementally (:class:`_Window`).
 * **Each finished trial handled once.** Finished trials never change, so the search-space
-  groups add each one once (:class:`_IncrementalGroups`), and TPE models a slim copy of it
+  groups add each one once, as the book finds it (:class:`_IncrementalGroups`), and TPE models
+  a slim copy of it
   (:func:`_slim`) that carries only what TPE reads and keeps its parameters' internal values
   once converted.
 * **One good/bad split per suggest.** Every group of one suggest splits the same list of
@@ -47,6 +50,9 @@ from optuna.trial import FrozenTrial, TrialState
 __all__ = ["RecentTPESampler"]
 
 _FINISHED = frozenset(s for s in TrialState if s.is_finished())
+_MODELLED = frozenset((TrialState.COMPLETE, TrialState.PRUNED))
+#: the states a list made from the book may ask for
+_BOOKED = _MODELLED | {TrialState.RUNNING}
 #: system attrs TPE reads of a finished trial: its constraints (Optuna's old and new keys)
 _CONSTRAINTS = "constraints"
 
@@ -100,15 +106,59 @@ class _Window:
         self.best: list[tuple[float, int]] = []
 
 
-class _Suggest:
-    """What one suggest shares: the study's trials as listed once, the lists made from them
-    (by state filter and window size), and the slim copies of the finished trials modelled."""
+class _Book:
+    """The study's trials as the sampler has seen them, brought up to date at each suggest by
+    reading only the trials not seen yet and those not finished when last read (O(1) storage
+    reads each), instead of listing every trial (O(trials) per suggest).
 
-    def __init__(
-        self, key: tuple[int, int], trials: list[FrozenTrial], prev: _Suggest | None
-    ) -> None:
+    A finished trial never changes, so it is read once. Trial numbers are dense: a suggest for
+    trial ``m`` reads every new number up to ``m`` (a trial enqueued beyond it is read when a
+    later suggest passes it).
+    """
+
+    def __init__(self, study_id: int) -> None:
+        self.study_id = study_id
+        self.n = 0  # trials 0..n-1 have been read
+        #: COMPLETE and PRUNED trials (what TPE models) by number
+        self.modelled: list[FrozenTrial] = []
+        #: the same trials in the order they were found (the search-space groups add them so)
+        self.found: list[FrozenTrial] = []
+        self.open: dict[int, FrozenTrial] = {}  # not finished when last read, by number
+        self.running: list[FrozenTrial] = []  # the RUNNING ones of ``open``, by number
+
+    def sync(self, storage: optuna.storages.BaseStorage, upto: int) -> None:
+        """Read trials ``n..upto`` and every open trial again."""
+        fresh = [storage.get_trial(t._trial_id) for t in self.open.values()]
+        while self.n <= upto:
+            try:
+                tid = storage.get_trial_id_from_study_id_trial_number(self.study_id, self.n)
+            except KeyError:  # not created (yet)
+                break
+            fresh.append(storage.get_trial(tid))
+            self.n += 1
+        found = []
+        for t in fresh:
+            if t.state in _FINISHED:
+                self.open.pop(t.number, None)
+                if t.state in _MODELLED:
+                    found.append(t)
+            else:
+                self.open[t.number] = t
+        found.sort(key=_number)
+        for t in found:
+            bisect.insort(self.modelled, t, key=_number)
+        self.found += found
+        running = [t for t in self.open.values() if t.state == TrialState.RUNNING]
+        self.running = sorted(running, key=_number)
+
+
+class _Suggest:
+    """What one suggest shares: the book (brought up to date once), the lists made from it (by
+    state filter and window size), and the slim copies of the finished trials modelled."""
+
+    def __init__(self, key: tuple[int, int], book: _Book | None, prev: _Suggest | None) -> None:
         self.key = key
-        self.trials = trials
+        self.book = book
         self.lists: dict[Any, list[FrozenTrial]] = {}
         self.slim: dict[int, _SlimTrial] = {}
         #: TPE's good/bad split of a list (the same for every group of one suggest)
@@ -126,7 +176,7 @@ class _RecentView:
     the sampler, one per study and state filter) remembers them and their best; a call scans
     only the trials that left the window since the last one, from the newest back (a trial that
     finishes long after it started is found deeper in that scan). With a ``_Suggest``, the
-    lists come from its one listing and each is made once per suggest.
+    lists come from its book and each is made once per suggest.
     """
 
     def __init__(
@@ -158,13 +208,24 @@ class _RecentView:
         sel = None if states is None else tuple(states)
         got = self._shared.lists.get((sel, self._k))
         if got is None:
-            every = self._shared.lists.get((sel, 0))
-            if every is None:
-                src = self._shared.trials
-                every = src if sel is None else [t for t in src if t.state in sel]
-                self._shared.lists[(sel, 0)] = every
-            got = self._shared.lists[(sel, self._k)] = self._windowed(every, states)
+            got = self._shared.lists[(sel, self._k)] = self._from_book(sel, states, **kw)
         return got
+
+    def _from_book(
+        self, sel: tuple[TrialState, ...] | None, states: Any, **kw: Any
+    ) -> list[FrozenTrial]:
+        """A list TPE asks for, made from the book: its COMPLETE and PRUNED trials (and the
+        RUNNING ones) in number order. Other filters are listed from storage."""
+        book = self._shared.book if self._shared is not None else None
+        if book is None or sel is None or not _MODELLED <= set(sel) <= _BOOKED:
+            trials = self._study._get_trials(deepcopy=False, states=states, **kw)
+            return self._windowed(trials, states)
+        running = book.running if TrialState.RUNNING in sel else []
+        if self._k <= 0:
+            if not running:
+                return book.modelled
+            return list(heapq.merge(book.modelled, running, key=_number))
+        return self._window_of(book.modelled, running, states)
 
     def _windowed(
         self, trials: list[FrozenTrial], states: Sequence[TrialState] | None
@@ -175,10 +236,20 @@ class _RecentView:
         running: list[FrozenTrial] = []
         for t in trials:  # one pass: the only O(trials) work of a list
             (finished if t.state in _FINISHED else running).append(t)
+        return self._window_of(finished, running, states)
+
+    def _window_of(
+        self,
+        finished: list[FrozenTrial],
+        running: list[FrozenTrial],
+        states: Sequence[TrialState] | None,
+    ) -> list[FrozenTrial]:
+        """The window over ``finished`` plus ``running`` (each in number order)."""
         if len(finished) <= self._k:
-            if self._shared is None:
-                return trials
-            return [self._slim_of(t) if t.state in _FINISHED else t for t in trials]
+            kept = finished
+            if self._shared is not None:
+                kept = [self._slim_of(t) for t in kept]
+            return list(heapq.merge(kept, running, key=_number)) if running else kept
         kept = self._best_old(finished, states) + finished[-self._k :]
         if self._shared is not None:
             kept = [self._slim_of(t) for t in kept]
@@ -233,14 +304,28 @@ class _IncrementalGroups(_GroupDecomposedSearchSpace):
     def __init__(self, include_pruned: bool) -> None:
         super().__init__(include_pruned)
         self._added: set[int] = set()
+        self._book: _Book | None = None
+        self._read = 0  # how many of the book's found trials were added
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_book": None, "_read": 0}
 
     def calculate(self, study: optuna.Study, use_cache: bool = False) -> _SearchSpaceGroup:
-        states = (
-            (TrialState.COMPLETE, TrialState.PRUNED)
-            if self._include_pruned
-            else (TrialState.COMPLETE,)
-        )
-        for t in study._get_trials(deepcopy=False, states=states, use_cache=use_cache):
+        shared = getattr(study, "_shared", None)
+        book = shared.book if isinstance(shared, _Suggest) else None
+        if book is not None and self._include_pruned:  # only the trials found since last time
+            if book is not self._book:
+                self._book, self._read = book, 0
+            trials: Sequence[FrozenTrial] = book.found[self._read :]
+            self._read = len(book.found)
+        else:
+            states = (
+                (TrialState.COMPLETE, TrialState.PRUNED)
+                if self._include_pruned
+                else (TrialState.COMPLETE,)
+            )
+            trials = study._get_trials(deepcopy=False, states=states, use_cache=use_cache)
+        for t in trials:
             if t.number not in self._added:
                 self._added.add(t.number)
                 self._search_space.add_distributions(t.distributions)
@@ -262,18 +347,20 @@ class RecentTPESampler(TPESampler):
             raise ValueError("max_history must be >= 1 and n_best >= 0")
         self._max_history, self._n_best = int(max_history), int(n_best)
         self._windows: dict[Any, _Window] = {}
+        self._books: dict[int, _Book] = {}
         self._shared: _Suggest | None = None
         if self._group_decomposed_search_space is not None:
             self._group_decomposed_search_space = _IncrementalGroups(include_pruned=True)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_shared": None}  # one suggest's lists of trials: not state
+        # what this driver has read of the study is read again after unpickling
+        return {**self.__dict__, "_shared": None, "_books": {}}
 
     def _view(self, study: optuna.Study, trial: Any = None, window: bool = True) -> Any:
         """The study as TPE sees it while it samples ``trial`` (see :class:`_RecentView`).
 
-        With ``trial``, the study's trials are listed once per suggest and every list TPE asks
-        for is made from that listing once. Nothing else changes the study while one trial is
+        With ``trial``, the study's book is brought up to date once per suggest and every list
+        TPE asks for is made from it once. Nothing else changes the study while one trial is
         sampled (the driver is single-threaded), and the trial itself, still RUNNING, is not
         modelled. The slim copies of the previous suggest are reused (finished trials never
         change); those no longer modelled are dropped with it."""
@@ -283,8 +370,9 @@ class RecentTPESampler(TPESampler):
         if trial is not None:
             key = (study._study_id, trial.number)
             if self._shared is None or self._shared.key != key:
-                trials = study._get_trials(deepcopy=False, states=None, use_cache=False)
-                self._shared = _Suggest(key, trials, self._shared)
+                book = self._books.setdefault(study._study_id, _Book(study._study_id))
+                book.sync(study._storage, trial.number)
+                self._shared = _Suggest(key, book, self._shared)
             shared = self._shared
         k = self._max_history if window else 0
         return _RecentView(study, k, self._n_best, self._windows, shared)
@@ -304,7 +392,7 @@ class RecentTPESampler(TPESampler):
         liar = self._constant_liar  # Optuna 5's default: running trials are modelled as bad
         states = (TrialState.COMPLETE, TrialState.PRUNED, *([TrialState.RUNNING] * liar))
         trials = view._get_trials(deepcopy=False, states=states, use_cache=not liar)
-        shared = self._shared if self._shared is not None else _Suggest((-1, -1), [], None)
+        shared = self._shared if self._shared is not None else _Suggest((-1, -1), None, None)
         if liar:  # without the trial being sampled (one list for every group)
             key = ("liar", id(trials), trial.number)
             got = shared.lists.get(key)
