@@ -119,6 +119,46 @@ def test_study_is_durable_and_a_resume_settles_lost_trials(tmp_path: Path) -> No
     assert states == ["COMPLETE", "PRUNED", "COMPLETE", "FAIL", "FAIL"]
 
 
+def test_object_store_sweep_keeps_its_study_in_the_searcher_state(tmp_path: Path) -> None:
+    """A sweep on an object store (no journal file there) without ``searcher.storage`` keeps
+    the study in memory and in Tune's searcher state: a new driver restores it from that state
+    with every trial, including a PRUNED one and one lost after the save, and TPE (the sweep's
+    bounded TPE, pickled with the study) goes on drawing from it."""
+    spec = load_spec(None, {"storage": "s3://bucket/sweeps", "name": "sw"})
+    assert not spec.location.is_local  # nothing below touches the bucket
+
+    def searcher() -> backend.SweepSearcher:
+        ctx = backend.SweepContext(spec=spec, root=spec.location.root, progress=False)
+        tpe = backend.RecentTPESampler(seed=0, n_startup_trials=2)
+        return backend.SweepSearcher(
+            ctx, space=backend.DefineByRun(SPACES), metric="m", mode="max", sampler=tpe
+        )
+
+    s = searcher()
+    assert isinstance(s.study()._storage, optuna.storages.InMemoryStorage)
+    for i, value in enumerate([0.2, 0.9, 0.5]):
+        s.suggest(f"t{i}")
+        s.on_trial_result(f"t{i}", {"m": value, "epoch": 1})
+        if i == 1:
+            s.ctx.pruned.add("t1")
+        s.on_trial_complete(f"t{i}", result={"m": value, "epoch": 1})
+    s.suggest("t3")  # running at the save
+    s.save(str(tmp_path / "searcher.pkl"))
+    s.suggest("t4")  # lost with the killed driver
+    fresh = searcher()
+    fresh.restore(str(tmp_path / "searcher.pkl"))
+    states = [t.state.name for t in fresh.study().trials]
+    assert states == ["COMPLETE", "PRUNED", "COMPLETE", "RUNNING"]
+    assert fresh.settle({"t3"}) == 0
+    fresh.on_trial_complete("t3", result={"m": 0.7, "epoch": 1})
+    assert fresh.suggest("t5") is not None  # TPE (past its startup) on the restored study
+    study = fresh.study()
+    assert [t.state.name for t in study.trials] == [
+        "COMPLETE", "PRUNED", "COMPLETE", "COMPLETE", "RUNNING"
+    ]  # fmt: skip
+    assert study.trials[-1].params  # t5, drawn after the restore (t4 was never saved)
+
+
 def test_recent_tpe_models_a_bounded_history(tmp_path: Path) -> None:
     def study_with(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
         st = optuna.create_study(direction="maximize", sampler=sampler)
