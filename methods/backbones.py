@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lesionsweep.errors import ConfigError
 from torch import nn
 
 
@@ -103,11 +104,11 @@ class Backbone(nn.Module):
                 self.body = timm.create_model(name, **kwargs)
         except RuntimeError:
             if name not in timm.list_models():
-                raise ValueError(f"unknown timm backbone {name!r}") from None
+                raise ConfigError(f"unknown timm backbone {name!r}") from None
             raise
         except Exception as e:  # noqa: BLE001 - offline hub errors come in many types
             if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
-                raise ValueError(
+                raise ConfigError(
                     f"unknown timm backbone {name!r}; see timm.list_models() for valid names"
                 ) from None
             if pretrained:

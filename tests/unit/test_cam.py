@@ -100,7 +100,7 @@ def test_errors() -> None:
         _cam(pooling="lse", fc_drop=0.3)
     with pytest.raises(ConfigError, match="out of range"):
         _cam(feature_index=7)
-    with pytest.raises(ValueError, match="unknown timm backbone"):
+    with pytest.raises(ConfigError, match="unknown timm backbone"):  # not retried in a sweep
         create_method("cam", num_classes=2, backbone="not_a_timm_model")
     m = _cam(in_chans=1)
     with pytest.raises(ValueError, match=r"expected images \[B, 1, H, W\]"):
