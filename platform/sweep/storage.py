@@ -97,13 +97,16 @@ class SweepLocation:
             return f.read()
 
     def read_buffer(self, rel: str) -> pa.Buffer:
-        """The whole file as an Arrow-owned buffer, for Parquet readers.
+        """The whole file as an Arrow-owned buffer (from Arrow's memory pool), for Parquet
+        readers.
 
         Not Python ``bytes``: Arrow wraps those in a buffer whose release takes the GIL, and
         Arrow's decode threads may drop the last reference while the interpreter exits, which
-        aborts the process (seen as a driver exiting with SIGABRT after a sweep)."""
+        aborts the process (seen as a driver exiting with SIGABRT after a sweep). The file is
+        opened for random access: on a sequential stream pyarrow's ``read_buffer()`` reads
+        Python ``bytes`` and wraps them, which is exactly that."""
         fs, p = self._fs(self.join(rel))
-        with fs.open_input_stream(p) as f:
+        with fs.open_input_file(p) as f:
             return f.read_buffer()
 
     def write_bytes(self, rel: str, data: bytes, durable: bool = True) -> None:

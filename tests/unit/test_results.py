@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 from pathlib import Path
 
@@ -187,6 +188,15 @@ def test_parquet_reads_never_hand_arrow_python_owned_memory(
     assert [e.epoch for e in ResultsStore(loc, "sw", PARAM_TYPES).load().epochs_of("a")] == [1]
     compact(loc)
     assert sources and all(isinstance(s, pa.NativeFile) for s in sources), sources
+    # ... and a BufferReader's buffer is Arrow's own: allocated from Arrow's memory pool (a
+    # buffer wrapping Python bytes, as pyarrow's read_buffer() makes on a sequential stream,
+    # allocates nothing there)
+    rel = fragment_path(TRIALS_FILE, "a")
+    store.upsert_trial(_trial("a"))
+    gc.collect()  # nothing of Arrow's is freed while the read is measured
+    before = pa.total_allocated_bytes()
+    buf = loc.read_buffer(rel)
+    assert pa.total_allocated_bytes() - before >= buf.size > 0
 
 
 def test_failed_write_leaves_the_old_file_intact(tmp_path: Path) -> None:
