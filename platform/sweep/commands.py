@@ -25,6 +25,7 @@ import yaml
 from ..cluster import profile_path
 from ..errors import ConfigError
 from ..values import read_yaml
+from .backbone_check import BackboneCheck
 from .datacache import prepare_sweep_data
 from .export import SPEC_FILE, Exported, export_sweep
 from .results import read_table
@@ -76,6 +77,7 @@ def _run(
     progress: bool = True,
     num_cpus: int | None = None,
     on_connected: Callable[[], None] | None = None,
+    preflight: Callable[[], None] | None = None,
 ) -> SweepSummary:
     from . import backend  # Ray: imported only when a sweep runs (seconds of start-up)
 
@@ -83,6 +85,8 @@ def _run(
     t0 = time.monotonic()
     started = backend.init_ray(address, num_cpus=num_cpus)  # ConfigError before any write
     try:
+        if preflight is not None:  # checks that ran while Ray started; still nothing written
+            preflight()
         # connected: the data first (a refused data config writes no sweep.yaml), then the spec
         spec = prepare_sweep_data(spec, root, progress=progress)  # every trial reads one cache
         if on_connected is not None:
@@ -170,6 +174,7 @@ def run_sweep(
             f"sweep folder {loc.root} already exists: continue it with `lesionsweep resume "
             f"{loc.root}`, or pick another name (--set name=...) or storage"
         )
+    backbones = BackboneCheck.start(spec)  # answered while Ray starts
 
     def write_spec() -> None:  # only once Ray is up: a refused cluster leaves nothing behind
         loc.makedirs()
@@ -185,7 +190,13 @@ def run_sweep(
             )
 
     return _run(
-        spec, address, restore=False, progress=progress, num_cpus=num_cpus, on_connected=write_spec
+        spec,
+        address,
+        restore=False,
+        progress=progress,
+        num_cpus=num_cpus,
+        on_connected=write_spec,
+        preflight=backbones.result,
     )
 
 

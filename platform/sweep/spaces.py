@@ -49,7 +49,7 @@ from .spaces_distributions import (
 )
 from .spaces_model import SEPARATOR, SPACE_PARAM, Param, SearchSpace, SpaceSet
 from .spaces_parse import TOP_KEYS, load_space, space_from_dict
-from .spaces_validate import reachable_values, validate_key, validate_space
+from .spaces_validate import reachable_backbones, reachable_values, validate_key, validate_space
 
 __all__ = [
     "Choice",
@@ -71,6 +71,7 @@ __all__ = [
     "validate_key",
     "validate_space",
     "reachable_values",
+    "reachable_backbones",
     "column_type",
     "promote_types",
 ]

@@ -18,6 +18,7 @@ Errors are :class:`~lesionsweep.errors.ConfigError`.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from ..errors import ConfigError
 from .spaces_distributions import Choice, Const, Distribution, FloatRange, IntRange
 from .spaces_model import Param, SearchSpace
 
-__all__ = ["validate_key", "validate_space", "reachable_values"]
+__all__ = ["validate_key", "validate_space", "reachable_values", "reachable_backbones"]
 
 
 def _candidates(dist: Distribution) -> list[Any]:
@@ -213,3 +214,44 @@ def validate_space(
         except ConfigError as e:
             shown = json.dumps(draw, default=str)
             raise ConfigError(f"{e} (trial config built from the draw {shown})") from None
+
+
+def reachable_backbones(
+    space: SearchSpace, context: Mapping[str, Any], pins: Mapping[str, Any], spec_source: str
+) -> dict[str, str]:
+    """Every ``method.backbone`` a trial of ``space`` can build, with where it comes from.
+
+    For each method the space can reach that takes a ``backbone``: the pinned value, else the
+    parameter's values plus, when the parameter can be inactive or is absent, the value the
+    trial config falls back to (spec > space base > the method's default). A value set but
+    always overridden is listed too (a typo there is worth a message as well).
+
+    Returns:
+        ``{name: where}``, where naming the file and the place in it (the spec's for a value the
+        spec sets, else the space's).
+    """
+    key = "method.backbone"
+    default_method = context.get("method.name", space.base.get("method.name", "cam"))
+    methods = _possible(space, "method.name", default_method, pins)
+    param = next((p for p in space.params if p.key == key), None)
+    out: dict[str, str] = {}
+    for m in methods:
+        cls = METHODS.get(m) if m in METHODS else None
+        arg = inspect.signature(cls).parameters.get("backbone") if cls is not None else None
+        if arg is None:
+            continue
+        if key in pins:
+            out.setdefault(str(pins[key]), f"{spec_source}: base")
+            continue
+        if param is not None and m in _restricted(param, "method.name", [m]):
+            for v in reachable_values(param.dist) or []:
+                out.setdefault(str(v), f"{space.source}: parameter")
+            if not param.when:
+                continue
+        if key in context:
+            out.setdefault(str(context[key]), f"{spec_source}: base")
+        elif key in space.base:
+            out.setdefault(str(space.base[key]), f"{space.source}: base")
+        elif isinstance(arg.default, str):
+            out.setdefault(arg.default, f"{space.source}: method {m!r}'s default")
+    return out

@@ -137,6 +137,15 @@ def _one_line(err: str) -> str:
             ["train", "run.yaml"],
             "run.yaml: train.epochs = 1000000000 is out of range; allowed: [1, 10000]",
         ),
+        (  # checked against timm's registry while Ray starts, before anything is written
+            {
+                "bb.yaml": "parameters:\n  method.backbone: {choice: [test_resnet, resnt18]}\n",
+                "s.yaml": "name: s\nbase: {train.epochs: 1}\nspaces: [bb.yaml]\n",
+            },
+            ["sweep", "s.yaml", "--quiet"],
+            "bb.yaml: parameter: method.backbone = 'resnt18' is not a timm model; give a name "
+            "from timm.list_models()",
+        ),
     ],
 )
 def test_real_entry_point_bad_input_exits_2_with_one_line(

@@ -19,6 +19,7 @@ from lesionsweep.sweep.spaces import (
     SpaceSet,
     column_type,
     load_space,
+    reachable_backbones,
     space_from_dict,
 )
 
@@ -283,3 +284,46 @@ def test_float_step_and_int_log_values() -> None:
         assert d["optim.weight_decay"] in (0.0, 0.25, 0.5)
         assert 2 <= d["train.batch_size"] <= 64 and isinstance(d["train.batch_size"], int)
     assert math.isclose(FloatRange(1e-3, 1.0, log=True).representatives()[1], 1.0)
+
+
+def test_reachable_backbones_cover_params_fallbacks_defaults_and_pins() -> None:
+    """What the pre-launch backbone check looks at: every value a trial can build with."""
+    when_cam = {"choice": ["resnet34", "resnt50"], "when": {"method.name": "cam"}}
+    space = space_from_dict(
+        {
+            "name": "bb",
+            "parameters": {
+                "method.name": {"choice": ["cam", "pylon"]},
+                "data.image_size": {"choice": [256]},
+                "method.backbone": when_cam,
+            },
+        },
+        source="bb.yaml",
+    )
+    assert reachable_backbones(space, {}, {}, "s.yaml") == {
+        "resnet34": "bb.yaml: parameter",
+        "resnt50": "bb.yaml: parameter",
+        "resnet18": "bb.yaml: method 'cam''s default",  # inactive: the constructor's default
+        "resnet50": "bb.yaml: method 'pylon''s default",
+    }
+    # the spec's base is the fallback when given; a pin replaces everything
+    spec_base = reachable_backbones(space, {"method.backbone": "x"}, {}, "s.yaml")
+    assert spec_base == {
+        "resnet34": "bb.yaml: parameter",
+        "resnt50": "bb.yaml: parameter",
+        "x": "s.yaml: base",
+    }
+    pinned = reachable_backbones(space, {}, {"method.backbone": "y"}, "s.yaml")
+    assert pinned == {"y": "s.yaml: base"}
+    based = space_from_dict(
+        {
+            "name": "d",
+            "base": {
+                "method.name": "pylon",
+                "method.backbone": "densenet121",
+                "data.image_size": 256,
+            },
+        },
+        source="d.yaml",
+    )
+    assert reachable_backbones(based, {}, {}, "s.yaml") == {"densenet121": "d.yaml: base"}
