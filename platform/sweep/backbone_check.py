@@ -56,6 +56,14 @@ class BackboneCheck:
                 names.setdefault(name, where)
         return cls(names)
 
+    def close(self) -> None:
+        """End the check's process if nobody waited for its answer (a launch that failed
+        earlier)."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.communicate()
+            self._proc = None
+
     def result(self) -> None:
         """Wait for the answer.
 

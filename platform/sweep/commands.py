@@ -189,15 +189,18 @@ def run_sweep(
                 flush=True,
             )
 
-    return _run(
-        spec,
-        address,
-        restore=False,
-        progress=progress,
-        num_cpus=num_cpus,
-        on_connected=write_spec,
-        preflight=backbones.result,
-    )
+    try:
+        return _run(
+            spec,
+            address,
+            restore=False,
+            progress=progress,
+            num_cpus=num_cpus,
+            on_connected=write_spec,
+            preflight=backbones.result,
+        )
+    finally:
+        backbones.close()
 
 
 def load_sweep_spec(sweep: str | Path) -> SweepSpec:
