@@ -84,6 +84,16 @@ def _grow(nd):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _merge_into(nd, lab, node):
+    """Merge ``node``'s component into the label ``lab`` (-1: none yet) of a run or gap that
+    touches it. Returns ``(label, whether two roots were joined)``."""
+    r = _find(nd, node)
+    if lab < 0 or r == lab:
+        return r, False
+    return _join(nd, lab, r), True
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _open_node(nd, n, x0, x1, y, k, hole, edge):
     """Node ``n``: a run (``hole=0``) or gap (``hole=1``) ``x0..x1`` of row ``y``, level ``k``,
     its own root. Returns the node array (grown if it was full)."""
@@ -250,12 +260,8 @@ def _components(img, lut, ev, cnt, R, nd):
                 lab = -1
                 ii = i
                 while ii < npv and R[p, k, 8 * ii] <= e + 1:
-                    r = _find(nd, R[p, k, 8 * ii + 2])
-                    if lab < 0:
-                        lab = r
-                    elif r != lab:
-                        lab = _join(nd, lab, r)
-                        joined = True
+                    lab, j2 = _merge_into(nd, lab, R[p, k, 8 * ii + 2])
+                    joined |= j2
                     ii += 1
                 if ii > i:
                     i = ii - 1
@@ -281,12 +287,8 @@ def _components(img, lut, ev, cnt, R, nd):
                     lab = -1
                     ii = i
                     while ii < npv - 1 and R[p, k, 8 * ii + 1] + 1 <= z:
-                        r = _find(nd, R[p, k, 8 * ii + 3])
-                        if lab < 0:
-                            lab = r
-                        elif r != lab:
-                            lab = _join(nd, lab, r)
-                            joined = True
+                        lab, j2 = _merge_into(nd, lab, R[p, k, 8 * ii + 3])
+                        joined |= j2
                         ii += 1
                     if ii > i:
                         i = ii - 1
