@@ -392,7 +392,8 @@ class RecentTPESampler(TPESampler):
         liar = self._constant_liar  # Optuna 5's default: running trials are modelled as bad
         states = (TrialState.COMPLETE, TrialState.PRUNED, *([TrialState.RUNNING] * liar))
         trials = view._get_trials(deepcopy=False, states=states, use_cache=not liar)
-        shared = self._shared if self._shared is not None else _Suggest((-1, -1), None, None)
+        shared = view._shared  # a view for a trial always has this suggest's
+        assert shared is not None
         if liar:  # without the trial being sampled (one list for every group)
             key = ("liar", id(trials), trial.number)
             got = shared.lists.get(key)
