@@ -19,7 +19,7 @@ Layout of a sweep folder ``<storage>/<name>/``::
     asha_state.jsonl            ASHA rung records and pruned trials, appended per decision
     runs/<trial_id>/            each trial's run folder: config.yaml, checkpoints/,
                                 metrics.jsonl, tensorboard/ (curves, overlays, HParams session)
-    lost_runs/<trial_id>/       run folders of trials Tune lost with a killed driver
+    lost_runs/<trial_id>/       run folders of trials Tune lost with a killed driver mid-way
     exports/                    best configs (best.yaml, best_<method>.yaml, pareto_*.yaml)
     train_runs/                 Ray Train state of multi-worker trials
     trial_<id>/, tuner.pkl, experiment_state-*.json, searcher-state-*.pkl   Ray Tune's own files

@@ -3,6 +3,7 @@ persistence across a restore, and the sampler factory."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 from pathlib import Path
@@ -12,10 +13,13 @@ import optuna
 import pytest
 from lesionsweep.errors import ConfigError
 from lesionsweep.sweep import backend
+from lesionsweep.sweep.results import EpochRecord, TrialRecord
 from lesionsweep.sweep.spaces import SpaceSet, space_from_dict
 from lesionsweep.sweep.spec import load_spec
+from lesionsweep.sweep.store import ResultsStore, write_epoch_fragment
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 pytestmark = pytest.mark.ray
@@ -117,6 +121,86 @@ def test_study_is_durable_and_a_resume_settles_lost_trials(tmp_path: Path) -> No
     fresh.on_trial_complete("t5", result={"epoch": 0, "trial_error": "TrainingError: nan"})
     states = [t.state.name for t in optuna.load_study(study_name="sw", storage=storage).trials]
     assert states == ["COMPLETE", "PRUNED", "COMPLETE", "FAIL", "FAIL"]
+
+
+def test_lost_trials_that_had_ended_are_told_as_they_ended_and_cap_new_draws(
+    tmp_path: Path,
+) -> None:
+    """Trials asked after Tune's last save that had ended (recorded from their run folders) are
+    told Optuna as they ended, not FAIL; the rest FAIL. Tune still counts the recorded ones'
+    places, so the searcher draws only the budget's remainder, then answers FINISHED."""
+    ctx = _ctx(tmp_path)
+    s = _searcher(backend.SweepSearcher, ctx)
+    sched = _asha(ctx)
+    _drive(s, sched, "t1", [0.9, 0.9, 0.9, 0.9])
+    s.save(str(tmp_path / "searcher.pkl"))
+    for tid in ("t2", "t3", "t4", "t5", "t6"):
+        s.suggest(tid)  # all asked after the last save
+    s.on_trial_result("t5", {"m": 0.4, "epoch": 1})
+    ended = {
+        "t2": ("completed", [0.7], 4),
+        "t3": ("pruned", [0.2], 2),
+        "t4": ("completed", [float("nan")], 4),  # a non-finite objective: FAIL, as at the end
+        "t6": ("stopped", [0.5], 3),  # stopped by the time budget: its last value
+    }
+    fresh = _searcher(backend.SweepSearcher, _ctx(tmp_path))
+    fresh.restore(str(tmp_path / "searcher.pkl"))
+    assert fresh.settle({"t1"}, ended) == 5
+    trials = fresh.study().trials
+    assert [t.state.name for t in trials] == [
+        "COMPLETE", "COMPLETE", "PRUNED", "FAIL", "FAIL", "COMPLETE"
+    ]  # fmt: skip
+    assert (trials[1].value, trials[5].value) == (0.7, 0.5)
+    assert trials[2].intermediate_values == {2: 0.2}
+    assert "lesionsweep_settled" in trials[4].user_attrs  # t5: not ended, re-drawn by Tune
+    assert "lesionsweep_settled" not in trials[1].user_attrs
+    # budget 6: Tune knew 1 trial and asks for 5 more; 4 of those places are taken
+    fresh.limit_new(6 - 1 - 4)
+    assert isinstance(fresh.suggest("t7"), dict)
+    assert fresh.suggest("t8") == Searcher.FINISHED
+    assert len(fresh.study().trials) == 7
+
+
+def test_resume_records_lost_trials_that_finished_and_redraws_the_rest(tmp_path: Path) -> None:
+    """The results callback of a new driver, on rows Tune's restored state does not know: a
+    trial that had run every epoch (its own epoch fragment says so, its row still "running")
+    and one the driver had recorded "completed" keep their rows and run folders; one cut off
+    mid-way is dropped and its folder moved to ``lost_runs/``. The searcher is told the kept
+    ones' outcomes and draws only what is left of the budget."""
+    ctx = _ctx(tmp_path)
+    loc = ctx.location
+    store = ResultsStore(loc, ctx.spec.name, ctx.spec.spaces.column_types())
+    metric = ctx.spec.objective.metric
+    for tid, status, epochs in (("a", "completed", 3), ("b", "running", 3), ("c", "running", 1)):
+        rows = [
+            EpochRecord(tid, "demo", "cam", e, float(e), metrics={metric: 0.5 + e / 10})
+            for e in range(1, epochs + 1)
+        ]
+        write_epoch_fragment(loc, ctx.spec.name, tid, rows)  # as the trial writes it
+        rec = TrialRecord(
+            trial_id=tid, status=status, space="demo", method="cam", run_dir=f"runs/{tid}",
+            config_json=json.dumps({"train": {"epochs": 3}}),
+        )  # fmt: skip
+        if status == "completed":
+            rec.epochs_run, rec.final = epochs, {metric: 0.5 + epochs / 10}
+        store.upsert_trial(rec)
+        (tmp_path / "sw" / "runs" / tid).mkdir(parents=True)
+    searcher = _searcher(backend.SweepSearcher, ctx)
+    for tid in ("a", "b", "c"):
+        searcher.suggest(tid)  # their Optuna trials, RUNNING: asked after Tune's last save
+
+    cb = backend.ResultsCallback(ctx)
+    cb.setup()
+    cb.on_step_begin(0, [])  # Tune restored no trial
+    assert {t: r.status for t, r in cb.store.trials.items()} == {"a": "completed", "b": "completed"}
+    assert cb.store.trials["b"].epochs_run == 3 and cb.store.trials["b"].objective == 0.8
+    assert sorted(p.name for p in (tmp_path / "sw" / "runs").iterdir()) == ["a", "b"]
+    assert [p.name for p in (tmp_path / "sw" / "lost_runs").iterdir()] == ["c"]
+    assert [t.state.name for t in searcher.study().trials] == ["COMPLETE", "COMPLETE", "FAIL"]
+    # budget 20, Tune knew none of them: 18 more draws, then FINISHED
+    for i in range(18):
+        assert isinstance(searcher.suggest(f"n{i}"), dict)
+    assert searcher.suggest("n18") == Searcher.FINISHED
 
 
 def test_object_store_sweep_keeps_its_study_in_the_searcher_state(tmp_path: Path) -> None:

@@ -318,3 +318,71 @@ def test_node_lost_mid_sweep_all_trials_complete(tmp_path: Path) -> None:
     assert len(t) == 3 and t.trial_id.is_unique and not e.duplicated(["trial_id", "epoch"]).any()
     assert len(e) == 3 * EPOCHS
     print(f"node loss: 3/3 trials completed, {len(e)} epoch rows, 0 duplicates")
+
+
+def _tune_known_trials(root: Path) -> set[str]:
+    """Trial ids in Tune's last saved experiment state of the sweep folder."""
+    states = sorted(root.glob("experiment_state-*.json"))
+    assert states, sorted(p.name for p in root.iterdir())
+    data = json.loads(states[-1].read_text())
+    return {json.loads(t[0])["trial_id"] for t in data["trial_data"]}
+
+
+def test_trials_ended_after_tunes_last_save_are_recorded_not_redrawn(tmp_path: Path) -> None:
+    """Tune saves its experiment state every few seconds; trials that ended after the last save
+    of a killed driver are recorded from their run folders on resume, not re-drawn, and the
+    sweep still ends at its budget. Here Tune's period is an hour, so its only save comes
+    before any trial ended."""
+    spec = _small_spec(tmp_path, "late", budget={"trials": 3})
+    root = tmp_path / "late"
+    code = f"from lesionsweep.sweep.commands import run_sweep; run_sweep({str(spec)!r}, progress=False, num_cpus=2)"  # noqa: E501
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "3600"},
+    )  # fmt: skip
+    reader = _Reader(root)
+    done: list[str] = []
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        t = reader.poll()
+        if t is not None and (t.status == "completed").sum() >= 2:
+            done = sorted(t[t.status == "completed"].trial_id)
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    time.sleep(3)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
+    unknown = set(done) - _tune_known_trials(root)
+    assert unknown, (done, "every ended trial was in Tune's saved state: nothing to test")
+
+    summary = resume_sweep(root, progress=False, num_cpus=2)
+    assert summary.counts == {"completed": 3}, summary.format()
+    t = pd.read_parquet(root / "trials.parquet")
+    e = pd.read_parquet(root / "epochs.parquet")
+    assert len(t) == 3 and t.trial_id.is_unique and not e.duplicated(["trial_id", "epoch"]).any()
+    assert set(done) <= set(t.trial_id), (done, list(t.trial_id))
+    for tid in done:
+        assert (root / "runs" / tid / "metrics.jsonl").is_file()
+        assert not (root / "lost_runs" / tid).exists()
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(
+        study_name="late",
+        storage=JournalStorage(JournalFileBackend(str(root / "optuna.journal"))),
+    )
+    states = [tr.state.name for tr in study.trials]
+    settled = [tr for tr in study.trials if "lesionsweep_settled" in tr.user_attrs]
+    assert states.count("COMPLETE") == 3 and states.count("FAIL") == len(settled), states
+    redrawn = len(settled)
+    print(
+        f"ended after Tune's last save: {len(unknown)} of {len(done)} completed trials unknown "
+        f"to Tune, recorded; {redrawn} trial(s) cut off mid-way re-drawn; 3/3 rows"
+    )

@@ -4,7 +4,8 @@ Per trial event it rewrites only that trial's one-row fragment (start, end, and 
 ``write_every_s`` while it runs), so its cost does not grow with the sweep. At a trial's end it
 reads the trial's own epoch fragment (written by the trial) for the final/best metrics. At the
 first step of a run it reconciles with what Tune restored (trials Tune lost with a killed driver
-are dropped, Optuna trials left RUNNING are settled); at the end it compacts the fragments.
+are recorded if they had finished and re-drawn if not, Optuna trials left RUNNING are settled);
+at the end it compacts the fragments.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ from ..spec import build_trial_config
 from ..store import ResultsStore
 from ..summary import ProgressPrinter
 from .context import SweepContext
-from .searcher import PARAMS_KEY, SPACE_KEY
+from .searcher import PARAMS_KEY, SPACE_KEY, Outcome
 from .trial import METRIC_MISSING, root_cause
 
 __all__ = ["ResultsCallback", "AbortStopper", "headline"]
 
 log = logging.getLogger("lesionsweep.sweep")
+
+#: a trial row's statuses once it has ended
+_FINAL = ("completed", "pruned", "stopped", "failed")
 
 
 def headline(metrics: Mapping[str, float], keep: Sequence[str]) -> dict[str, float]:
@@ -210,17 +214,34 @@ class ResultsCallback(tune.Callback):
         except (KeyError, ValueError, TypeError, OSError, LesionSweepError) as e:
             log.warning("checkpoint policy not applied to %s: %s", rec.trial_id, e)
 
-    def _drop_lost(self, trials: Sequence[Trial]) -> None:
-        """Forget trials the restored Tune state does not know.
+    def _settle_lost(self, trials: Sequence[Trial]) -> dict[str, Outcome]:
+        """Settle the trials the restored Tune state does not know.
 
         Tune saves its experiment state every few seconds (Ray's automatic period); a trial
-        started after the last save and before the driver died is unknown after a restore, and
-        Tune draws a new trial in its place. Its rows and fragments are removed so every trial
-        is in the tables once, and its run folder is moved to ``lost_runs/``.
+        started after the last save and before the driver died is unknown after a restore.
+        One that had finished (a final status in its row, or every epoch in its own epoch
+        fragment, which the trial writes itself) is recorded as it ended and keeps its run
+        folder; it takes a place of the budget (:meth:`SweepSearcher.limit_new`). One that had
+        not is re-drawn by Tune: its rows and fragments are removed so every trial is in the
+        tables once, and its run folder is moved to ``lost_runs/``.
+
+        Returns:
+            The recorded ones: ``{trial id: (status, objective values, epochs run)}``.
         """
         known = {t.trial_id for t in trials}
+        kept: dict[str, Outcome] = {}
         for tid in [t for t in self.store.trials if t not in known]:
             rec = self.store.trials[tid]
+            if rec.status not in _FINAL:
+                self._refresh(rec)
+                total = self._epochs_total(rec)
+                if total is not None and rec.epochs_run >= total and not rec.error:
+                    self._finish(rec, "completed")
+            if rec.status in _FINAL:
+                values = [rec.final.get(m) for m in self.ctx.spec.objective.metrics]
+                kept[tid] = (rec.status, values, rec.epochs_run)
+                log.warning("trial %s finished after Tune's last save: recorded", tid)
+                continue
             self.store.drop_trial(tid)
             d = self._abs_run_dir(rec)
             if d is not None and d.is_dir():
@@ -228,15 +249,18 @@ class ResultsCallback(tune.Callback):
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(d), str(dest))
             log.warning("trial %s was lost with a killed driver (Tune re-draws it)", tid)
+        return kept
 
     def _reconcile(self, trials: Sequence[Trial], at_end: bool) -> None:
         if not at_end:
-            self._drop_lost(trials)
+            kept = self._settle_lost(trials)
             searcher = self.ctx.searcher
             if searcher is not None:
-                n = searcher.settle({t.trial_id for t in trials})
+                n = searcher.settle({t.trial_id for t in trials}, kept)
                 if n:
-                    log.warning("%d Optuna trial(s) left RUNNING by a killed driver: FAIL", n)
+                    log.warning("%d Optuna trial(s) left RUNNING by a killed driver settled", n)
+                if kept:  # Tune still counts their places: it would draw that many too many
+                    searcher.limit_new(self.ctx.spec.budget.trials - len(trials) - len(kept))
         for t in trials:
             if t.status == Trial.PENDING and t.trial_id not in self.store.trials:
                 continue

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -26,6 +27,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ...errors import ConfigError
@@ -44,6 +46,7 @@ __all__ = [
     "RecentTPESampler",
     "DefineByRun",
     "SweepSearcher",
+    "Outcome",
 ]
 
 log = logging.getLogger("lesionsweep.sweep")
@@ -51,6 +54,10 @@ log = logging.getLogger("lesionsweep.sweep")
 #: keys of the trial config (the flat params live under PARAMS_KEY)
 SPACE_KEY = "_space"
 PARAMS_KEY = "_params"
+
+#: how a trial Tune lost with a killed driver had ended: its row's status, its objective
+#: value(s) at the end (None where missing) and its last epoch (see ``SweepSearcher.settle``)
+Outcome = tuple[str, list[float | None], int]
 
 
 def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
@@ -193,6 +200,7 @@ class SweepSearcher(OptunaSearch):
     def __init__(self, ctx: SweepContext, **kwargs: Any) -> None:
         self.ctx = ctx
         ctx.searcher = self
+        self._new_left: int | None = None  # see limit_new
         kwargs.setdefault("storage", build_storage(ctx.spec, ctx.root))
         kwargs.setdefault("study_name", ctx.spec.name)
         super().__init__(**kwargs)
@@ -245,30 +253,63 @@ class SweepSearcher(OptunaSearch):
             if frozen is not None and frozen.state.is_finished():
                 self._completed_trials.add(tid)  # told after Tune's last state save
 
-    def settle(self, known: set[str]) -> int:
-        """Tell FAIL every RUNNING study trial that no live Tune trial holds (a killed driver
-        asked it after Tune's last state save). Returns how many were settled."""
+    def settle(self, known: set[str], ended: Mapping[str, Outcome] | None = None) -> int:
+        """Settle every RUNNING study trial that no live Tune trial holds (a killed driver asked
+        it after Tune's last state save): told as it ended if its Tune trial id is in ``ended``
+        (recorded from its run folder), else FAIL (Tune re-draws it). Returns how many."""
         study = self._ot_study
         assert study is not None  # set up before the driver settles lost trials
+        ended = ended or {}
         held = {t._trial_id for tid, t in self._ot_trials.items() if tid in known}
         n = 0
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t._trial_id in held:
                 continue
+            outcome = ended.get(str(t.user_attrs.get("tune_trial_id")))
             try:
-                study._storage.set_trial_user_attr(
-                    t._trial_id, "lesionsweep_settled", "lost with a killed driver"
-                )
-                study.tell(t.number, state=TrialState.FAIL)
+                if outcome is None:
+                    study._storage.set_trial_user_attr(
+                        t._trial_id, "lesionsweep_settled", "lost with a killed driver"
+                    )
+                    study.tell(t.number, state=TrialState.FAIL)
+                else:
+                    self._tell_outcome(optuna.Trial(study, t._trial_id), outcome)
             except Exception as e:  # noqa: BLE001 - e.g. finished meanwhile
                 log.warning("could not settle Optuna trial %d: %s", t.number, e)
                 continue
             n += 1
         return n
 
+    @staticmethod
+    def _tell_outcome(trial: optuna.Trial, outcome: Outcome) -> None:
+        """Tell ``trial`` how it ended, as :meth:`on_trial_complete` would have."""
+        study = trial.study
+        status, values, epoch = outcome
+        ok = all(v is not None and math.isfinite(v) for v in values)
+        if status == "failed" or not ok:
+            study.tell(trial, state=TrialState.FAIL)
+        elif status == "pruned":
+            if len(values) == 1 and epoch >= 1:
+                trial.report(float(values[0]), epoch)  # type: ignore[arg-type]
+            study.tell(trial, state=TrialState.PRUNED)
+        else:  # completed, or stopped (by the time budget): told its values, as Tune's end
+            study.tell(trial, [float(v) for v in values])  # type: ignore[arg-type]
+
+    def limit_new(self, n: int) -> None:
+        """Draw at most ``n`` more trials in this driver run, then answer ``FINISHED``.
+
+        Tune's restored state still counts the places of trials it lost that were recorded
+        from their run folders (:meth:`settle`); without this it would draw that many trials
+        beyond the budget."""
+        self._new_left = max(int(n), 0)
+
     # ------------------------------------------------------------------ Tune hooks
     def suggest(self, trial_id: str) -> dict | None:
+        if self._new_left is not None and self._new_left <= 0:
+            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's "no more trials"
         out = super().suggest(trial_id)
+        if self._new_left is not None and isinstance(out, dict):
+            self._new_left -= 1
         ot = self._ot_trials.get(trial_id)
         if ot is not None and self._ot_study is not None:
             self._ot_study._storage.set_trial_user_attr(ot._trial_id, "tune_trial_id", trial_id)
