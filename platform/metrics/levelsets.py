@@ -136,8 +136,6 @@ def _components(img, lut, ev, cnt, R, nd):
     chain, node of the gap after it, the run chain's ``x`` extent, the gap chain's ``x`` extent
     (``b`` alternates between the row buffers).
     """
-    ev_x = ev[0]
-    ev_q = ev[1]
     start = cnt[2]
     height, width = img.shape
     n_nd = 0
@@ -150,20 +148,19 @@ def _components(img, lut, ev, cnt, R, nd):
         top = 0
         for x in range(width):
             cur = lut[img[y, x]]
-            ev_x[n_ev] = x
-            ev_q[n_ev] = cur
+            ev[n_ev] = (x << 32) | cur  # one store per pixel
             n_ev += cur != prev
-            top = max(top, cur)
             prev = cur
-        ev_x[n_ev] = width
-        ev_q[n_ev] = 0
+        ev[n_ev] = width << 32
         n_ev += prev != 0
+        for i in range(n_ev):  # the row's top level, over its changes only
+            top = max(top, ev[i] & 0xFFFFFFFF)
         for k in range(top):
             cnt[b, k] = 0
         pv = 0
         for i in range(n_ev):
-            x = ev_x[i]
-            c = ev_q[i]
+            x = ev[i] >> 32
+            c = ev[i] & 0xFFFFFFFF
             if c == pv + 1:  # ~90% of the changes on CAM-like maps are of one level
                 start[pv] = x
             elif c == pv - 1:
@@ -329,14 +326,14 @@ def _components(img, lut, ev, cnt, R, nd):
 @numba.njit(cache=True, nogil=True)
 def _scratch(width: int, n_levels: int):
     """Work arrays of :func:`_components` for rows of ``width`` and up to ``n_levels`` levels:
-    ``ev [2, W + 2]`` the row's changes (``x`` and the level from ``x`` on),
+    ``ev [W + 2]`` the row's changes, ``x << 32 | level from x on`` (int64: one store a pixel),
     ``cnt [3, K]`` runs per (row buffer, level) and the start of each level's open run,
     ``R [2, K, 8 S]`` per (row buffer, level) its runs in ``x`` order, a record of 8 each (see
     :func:`_components`); ``nd`` nodes (grown)."""
     stride = (width + 1) // 2 + 2  # runs per (row, level) at most, and one record read past them
     k = n_levels + 1
     return (
-        np.empty((2, width + 2), np.int32),
+        np.empty(width + 2, np.int64),
         np.zeros((3, k), np.int32),
         np.empty((2, k, 8 * stride), np.int32),
         np.empty((1024, _NODE_FIELDS), np.int32),
