@@ -241,22 +241,68 @@ def _components(img, lut, ev, cnt, R, nd):
                     R[b, k, 8 * j + 7] = max(R[p, k, 8 * j + 7], s - 1)
                 if ok:
                     continue
-            # general path: the chains of the row above end here (their nodes take their x
-            # extent and last row), then this row's runs and gaps are joined to them
-            for i in range(npv):  # (the row above's nodes are roots: no join yet at level k)
+            # general path. Runs matching the row above's one to one from the left (f) and
+            # from the right (g) only carry on their chains, as do the gaps between them; the
+            # row above's other chains end here (their nodes take their x extent and last row),
+            # then this row's other runs and gaps are joined to them
+            f = 0
+            g = 0
+            if (nc > 0) & (npv > 0) & (not edge_row):
+                m = min(nc, npv)
+                while f < m:  # run f touches run f above only (and gap f - 1 gap f - 1)
+                    o = 8 * f
+                    s = R[b, k, o]
+                    e = R[b, k, o + 1]
+                    ps = R[p, k, o]
+                    pe = R[p, k, o + 1]
+                    sn = R[b, k, o + 8] if f + 1 < nc else width + 2
+                    psn = R[p, k, o + 8] if f + 1 < npv else width + 2
+                    if not ((s <= pe + 1) & (ps <= e + 1) & (e + 2 <= psn) & (pe + 2 <= sn)):
+                        break
+                    R[b, k, o + 2] = R[p, k, o + 2]
+                    R[b, k, o + 4] = min(R[p, k, o + 4], s)
+                    R[b, k, o + 5] = max(R[p, k, o + 5], e)
+                    if f > 0:
+                        R[b, k, o - 5] = R[p, k, o - 5]
+                        R[b, k, o - 2] = min(R[p, k, o - 2], R[b, k, o - 7] + 1)
+                        R[b, k, o - 1] = max(R[p, k, o - 1], s - 1)
+                    f += 1
+                while g < m - f:  # run nc-1-g touches run npv-1-g above only
+                    o = 8 * (nc - 1 - g)
+                    op = 8 * (npv - 1 - g)
+                    s = R[b, k, o]
+                    e = R[b, k, o + 1]
+                    ps = R[p, k, op]
+                    pe = R[p, k, op + 1]
+                    ep = R[b, k, o - 7] if o > 0 else -2
+                    pep = R[p, k, op - 7] if op > 0 else -2
+                    if not ((s <= pe + 1) & (ps <= e + 1) & (ep + 2 <= ps) & (pep + 2 <= s)):
+                        break
+                    R[b, k, o + 2] = R[p, k, op + 2]
+                    R[b, k, o + 4] = min(R[p, k, op + 4], s)
+                    R[b, k, o + 5] = max(R[p, k, op + 5], e)
+                    if g > 0:
+                        R[b, k, o + 3] = R[p, k, op + 3]
+                        R[b, k, o + 6] = min(R[p, k, op + 6], e + 1)
+                        R[b, k, o + 7] = max(R[p, k, op + 7], R[b, k, o + 8] - 1)
+                    g += 1
+            gf = max(f - 1, 0)  # gaps gf .. gb - 1 / gp - 1 (of the row above) are in between
+            gb = min(nc - g, nc - 1)
+            gp = min(npv - g, npv - 1)
+            for i in range(f, npv - g):  # (the row above's nodes are roots: no join yet)
                 _extend_node(nd, R[p, k, 8 * i + 2], R[p, k, 8 * i + 4], R[p, k, 8 * i + 5], y - 1)
-            for i in range(npv - 1):
+            for i in range(gf, gp):
                 _extend_node(nd, R[p, k, 8 * i + 3], R[p, k, 8 * i + 6], R[p, k, 8 * i + 7], y - 1)
             joined = False
-            i = 0
-            for j in range(nc):
+            i = f
+            for j in range(f, nc - g):
                 s = R[b, k, 8 * j]
                 e = R[b, k, 8 * j + 1]
-                while i < npv and R[p, k, 8 * i + 1] + 1 < s:
+                while i < npv - g and R[p, k, 8 * i + 1] + 1 < s:
                     i += 1
                 lab = -1
                 ii = i
-                while ii < npv and R[p, k, 8 * ii] <= e + 1:
+                while ii < npv - g and R[p, k, 8 * ii] <= e + 1:
                     lab, j2 = _merge_into(nd, lab, R[p, k, 8 * ii + 2])
                     joined |= j2
                     ii += 1
@@ -274,16 +320,16 @@ def _components(img, lut, ev, cnt, R, nd):
             if nc >= 2:
                 ps0 = R[p, k, 0] if npv > 0 else 0
                 pel = R[p, k, 8 * npv - 7] if npv > 0 else 0
-                i = 0
-                for j in range(nc - 1):
+                i = gf
+                for j in range(gf, gb):
                     a = R[b, k, 8 * j + 1] + 1
                     z = R[b, k, 8 * j + 8] - 1
                     edge = 1 if (edge_row or npv == 0 or a < ps0 or z > pel) else 0
-                    while i < npv - 1 and R[p, k, 8 * i + 8] - 1 < a:
+                    while i < gp and R[p, k, 8 * i + 8] - 1 < a:
                         i += 1
                     lab = -1
                     ii = i
-                    while ii < npv - 1 and R[p, k, 8 * ii + 1] + 1 <= z:
+                    while ii < gp and R[p, k, 8 * ii + 1] + 1 <= z:
                         lab, j2 = _merge_into(nd, lab, R[p, k, 8 * ii + 3])
                         joined |= j2
                         ii += 1
