@@ -100,9 +100,7 @@ def _merge_into(nd, lab, node):
 @numba.njit(cache=True, nogil=True, inline="always")
 def _open_node(nd, n, x0, x1, y, k, hole, edge):
     """Node ``n``: a run (``hole=0``) or gap (``hole=1``) ``x0..x1`` of row ``y``, level ``k``,
-    its own root. Returns the node array (grown if it was full)."""
-    if n == nd.shape[0]:
-        nd = _grow(nd)
+    its own root (``nd`` has room for it)."""
     nd[n, 0] = n
     nd[n, 1] = x0
     nd[n, 2] = x1
@@ -111,7 +109,6 @@ def _open_node(nd, n, x0, x1, y, k, hole, edge):
     nd[n, 5] = k
     nd[n, 6] = hole
     nd[n, 7] = edge
-    return nd
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -249,6 +246,8 @@ def _components(img, lut, ev, cnt, R, nd):
             # from the right (g) only carry on their chains, as do the gaps between them; the
             # row above's other chains end here (their nodes take their x extent and last row),
             # then this row's other runs and gaps are joined to them
+            while n_nd + 2 * nc > nd.shape[0]:  # room for a node per run and gap
+                nd = _grow(nd)
             f = 0
             g = 0
             if (nc > 0) & (npv > 0) & (nc + npv > 2) & (not edge_row):  # (1 vs 1: none)
@@ -313,7 +312,7 @@ def _components(img, lut, ev, cnt, R, nd):
                 if ii > i:
                     i = ii - 1
                 if lab < 0:
-                    nd = _open_node(nd, n_nd, s, e, y, k, 0, 0)
+                    _open_node(nd, n_nd, s, e, y, k, 0, 0)
                     lab = n_nd
                     n_nd += 1
                 else:
@@ -340,7 +339,7 @@ def _components(img, lut, ev, cnt, R, nd):
                     if ii > i:
                         i = ii - 1
                     if lab < 0:
-                        nd = _open_node(nd, n_nd, a, z, y, k, 1, edge)
+                        _open_node(nd, n_nd, a, z, y, k, 1, edge)
                         lab = n_nd
                         n_nd += 1
                     else:
