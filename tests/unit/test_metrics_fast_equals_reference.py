@@ -190,6 +190,17 @@ def _adversarial_maps() -> list[np.ndarray]:
         rings2[(d <= 7) & (d >= 3)] = 0.6 + 0.02 * (7 - d[(d <= 7) & (d >= 3)])
     rings2[17:19, 7:24] = 0.5
     maps.append(rings2)
+    # a hole B (an upside-down U) that joins an older hole A while a gap of B's other arm
+    # carries on unchanged (the arm's chain keeps B's node, no longer a root), then that arm
+    # widens left and ends: its extent must reach the joined hole's root
+    joined = np.full((11, 11), 0.6)
+    joined[1:9, 8] = 0.0  # A, from row 1
+    joined[2, 2:6] = 0.0  # B's top, row 2
+    joined[3:8, 2] = 0.0  # B's left arm
+    joined[3:5, 5] = 0.0  # B's right arm, joined to A in row 5 by the gap 5..8
+    joined[5:9, 5:9] = 0.0
+    joined[7, 1] = 0.0  # the left arm's widest row, then it ends
+    maps.append(joined)
     maps.append(np.ones((6, 7)))
     maps.append(np.zeros((6, 7)))
     maps.append(np.full((1, 1), 0.4))
