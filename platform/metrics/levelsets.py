@@ -253,7 +253,7 @@ def _components(img, lut, ev, cnt, R, nd):
             g = 0
             if (nc > 0) & (npv > 0) & (nc + npv > 2) & (not edge_row):  # (1 vs 1: none)
                 m = min(nc, npv)
-                while f < m:  # run f touches run f above only (and gap f - 1 gap f - 1)
+                while f < m:  # run f touches run f above only (runs f-1, f match: so does gap f-1)
                     o = 8 * f
                     s = R[b, k, o]
                     e = R[b, k, o + 1]
@@ -271,7 +271,7 @@ def _components(img, lut, ev, cnt, R, nd):
                         R[b, k, o - 2] = min(R[p, k, o - 2], R[b, k, o - 7] + 1)
                         R[b, k, o - 1] = max(R[p, k, o - 1], s - 1)
                     f += 1
-                while g < m - f:  # run nc-1-g touches run npv-1-g above only
+                while g < m - f:  # run nc-1-g touches run npv-1-g above only (and so on)
                     o = 8 * (nc - 1 - g)
                     op = 8 * (npv - 1 - g)
                     s = R[b, k, o]
