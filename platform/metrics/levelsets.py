@@ -36,11 +36,15 @@ row above's one to one, counted from the left and from the right until the first
 between two of them; for the runs and gaps in between, the chains of the row above end there
 (their nodes take their ``x`` extent and last row), then unions, new nodes and edge flags. At
 1024 px that leaves about a quarter of a general pair's runs to the union-find. The last row
-always goes through it entirely, so every chain has ended when the scan does.
+always goes through it entirely, so every chain has ended when the scan does. Levels below the
+lowest level of a row and of the row above (a quarter of the pairs on CAM-like maps) are one
+run over the whole width in both: their chains carry on untouched, with the node kept aside
+until the level leaves that zone, when the row above's record is rebuilt from it.
 
 Equality with ``findContours`` is tested on random and adversarial maps against
-:func:`lesionsweep.metrics.reference.reference_mine_boxes`. :func:`maxbox_counts` runs
-MaxBoxAccV2 on a whole batch in one call on top of it.
+:func:`lesionsweep.metrics.reference.reference_mine_boxes`.
+:func:`lesionsweep.metrics.maxbox_kernel.maxbox_counts` runs MaxBoxAccV2 on a whole batch in
+one call on top of it.
 
 Compiled with numba (``cache=True``: the first call on a machine compiles for a few seconds).
 """
@@ -50,7 +54,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["level_boxes", "maxbox_counts"]
+__all__ = ["level_boxes"]
 
 # a node: [parent, x0, x1, y0, y1, level, is_hole, reaches_edge] (int32)
 _NODE_FIELDS = 8
@@ -139,9 +143,12 @@ def _components(img, lut, ev, cnt, R, nd):
     (``b`` alternates between the row buffers).
     """
     start = cnt[2]
+    full_node = cnt[3]
     height, width = img.shape
     n_nd = 0
     kp = 0
+    lo_p = 0  # the row above's lowest level
+    zp = 0  # levels below zp: full rows in the row above and the one before (chains not copied)
     for y in range(height):
         b = y & 1
         p = 1 - b
@@ -153,10 +160,27 @@ def _components(img, lut, ev, cnt, R, nd):
             ev[n_ev] = (x << 32) | cur  # one store per pixel
             n_ev += cur != prev
             prev = cur
+        n_in = n_ev  # the changes inside the row (the last one below ends it)
         ev[n_ev] = width << 32
         n_ev += prev != 0
-        for i in range(n_ev):  # the row's top level, over its changes only
-            top = max(top, ev[i] & 0xFFFFFFFF)
+        lo = 1 << 30
+        for i in range(n_in):  # the row's top and lowest levels, over its changes only
+            c = ev[i] & 0xFFFFFFFF
+            top = max(top, c)
+            lo = min(lo, c)
+        if n_in == 0 or ev[0] >> 32 != 0:  # the row starts below every level
+            lo = 0
+        edge_row = y == 0 or y == height - 1
+        # levels below zone are full rows here and in the row above: their chains carry on
+        # without a copy (the node is kept aside, and the row above's chain fields are rebuilt
+        # from it when the level leaves the zone; the last row leaves it with every level)
+        zone = 0 if edge_row else min(lo, lo_p)
+        for k in range(zp, zone):
+            full_node[k] = R[p, k, 2]
+        for k in range(zone, zp):
+            R[p, k, 2] = full_node[k]
+            R[p, k, 4] = 0
+            R[p, k, 5] = width - 1
         for k in range(top):
             cnt[b, k] = 0
         pv = 0
@@ -180,8 +204,7 @@ def _components(img, lut, ev, cnt, R, nd):
                     R[b, k, 8 * j + 1] = x - 1
                     cnt[b, k] = j + 1
             pv = c
-        edge_row = y == 0 or y == height - 1
-        for k in range(max(top, kp)):
+        for k in range(zone, max(top, kp)):
             nc = cnt[b, k] if k < top else 0
             npv = cnt[p, k] if k < kp else 0
             if nc == 1 and npv == 1 and not edge_row:
@@ -364,6 +387,8 @@ def _components(img, lut, ev, cnt, R, nd):
                         nd[_find(nd, R[p, k, 8 * i + 3]), 7] = 1
                         i -= 1
         kp = top
+        lo_p = lo
+        zp = zone
     return nd, n_nd
 
 
@@ -371,14 +396,15 @@ def _components(img, lut, ev, cnt, R, nd):
 def _scratch(width: int, n_levels: int):
     """Work arrays of :func:`_components` for rows of ``width`` and up to ``n_levels`` levels:
     ``ev [W + 2]`` the row's changes, ``x << 32 | level from x on`` (int64: one store a pixel),
-    ``cnt [3, K]`` runs per (row buffer, level) and the start of each level's open run,
+    ``cnt [4, K]`` runs per (row buffer, level), the start of each level's open run and the
+    node of each level's chain while it is a full row (see :func:`_components`),
     ``R [2, K, 8 S]`` per (row buffer, level) its runs in ``x`` order, a record of 8 each (see
     :func:`_components`); ``nd`` nodes (grown)."""
     stride = (width + 1) // 2 + 2  # runs per (row, level) at most, and one record read past them
     k = n_levels + 1
     return (
         np.empty(width + 2, np.int64),
-        np.zeros((3, k), np.int32),
+        np.zeros((4, k), np.int32),
         np.empty((2, k, 8 * stride), np.int32),
         np.empty((1024, _NODE_FIELDS), np.int32),
     )
@@ -443,135 +469,3 @@ def level_boxes(q: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
     top = int(arr.max()) if arr.size else 0
     lut = np.minimum(np.arange(top + 1), n_levels).astype(np.int32)  # q above K: K
     return _level_boxes(arr, lut, min(n_levels, top))  # no runs at levels >= max(q)
-
-
-@numba.njit(cache=True, nogil=True)
-def _quantise(m, image, present) -> bool:
-    """``image = uint8(m * 255)`` (numpy's truncation), a vectorised pass per row, and
-    ``present[v] = 1`` for each value ``v`` of the row while it is in cache; False if a value
-    is NaN or outside [0, 1] (``image`` is then garbage)."""
-    ok = True
-    for y in range(m.shape[0]):
-        src = m[y]
-        dst = image[y]
-        for x in range(src.shape[0]):
-            v = src[x]
-            ok &= (v >= 0.0) & (v <= 1.0)
-            dst[x] = np.uint8(v * 255) if (v >= 0.0) & (v <= 1.0) else np.uint8(0)
-        for x in range(dst.shape[0]):  # the row is still in L1
-            present[dst[x]] = 1
-    return ok
-
-
-@numba.njit(cache=True, nogil=True)
-def _maxbox_counts(maps, images, gt, gt_off, taus, deltas, num_correct) -> int:
-    quantised = images.shape[0] > 0
-    n, height, width = images.shape if quantised else maps.shape
-    n_tau = taus.shape[0]
-    image = np.empty((height, width), np.uint8)  # rebound to images[i] when quantised
-    ev, cnt, R, nd = _scratch(width, min(n_tau, 256))  # <= 256 distinct thresholds
-    correct = np.zeros(num_correct.shape, np.int64)
-    levels = np.empty(n_tau, np.int64)
-    inverse = np.empty(n_tau, np.int64)
-    best = np.empty(n_tau, np.float64)
-    lut = np.empty(256, np.int32)
-    for i in range(n):
-        # uint8(map * 255) as numpy truncates it, and which values occur
-        present = np.zeros(256, np.int64)
-        if quantised:
-            image = images[i]
-            for y in range(height):
-                row = image[y]
-                for x in range(width):
-                    present[row[x]] = 1
-        elif not _quantise(maps[i], image, present):
-            return 1
-        mx = 0
-        for v in range(256):
-            if present[v]:
-                mx = v
-        for v in range(1, 256):
-            present[v] += present[v - 1]  # number of values <= v that occur
-        # thresholds int(tau * max) with the same binary image share one level
-        n_lv = 0
-        last_key = -1
-        for t in range(n_tau):
-            thr = int(taus[t] * mx)
-            key = present[min(thr, 255)]
-            if key != last_key:
-                levels[n_lv] = thr
-                n_lv += 1
-                last_key = key
-            inverse[t] = n_lv - 1
-        k = 0
-        for v in range(256):  # lut[v]: number of levels below v (foreground at k iff q > k)
-            while k < n_lv and levels[k] < v:
-                k += 1
-            lut[v] = k
-        nd, n_nd = _components(image, lut, ev, cnt, R, nd)
-        # best IoU ("+1" convention, as calculate_multiple_iou) per level over boxes x GT
-        g0 = gt_off[i]
-        g1 = gt_off[i + 1]
-        for k in range(n_lv):
-            best[k] = -1.0
-            if levels[k] >= mx:  # no foreground: wsolevaluation's box [0, 0, 0, 0]
-                best[k] = _best_iou(0, 0, 0, 0, gt, g0, g1)
-        for r in range(n_nd):
-            has, x0, y0, x1, y1 = _node_box(nd, r, width, height)
-            if has:
-                iou = _best_iou(x0, y0, x1, y1, gt, g0, g1)
-                if iou > best[nd[r, 5]]:
-                    best[nd[r, 5]] = iou
-        for t in range(n_tau):
-            b = best[inverse[t]]
-            for d in range(deltas.shape[0]):
-                if b >= deltas[d]:
-                    correct[d, t] += 1
-    num_correct += correct
-    return 0
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _best_iou(a0, a1, a2, a3, gt, g0, g1) -> float:
-    best = -1.0
-    area_a = (a2 - a0 + 1) * (a3 - a1 + 1)
-    for g in range(g0, g1):
-        iw = max(0, min(a2, gt[g, 2]) - max(a0, gt[g, 0]) + 1)
-        ih = max(0, min(a3, gt[g, 3]) - max(a1, gt[g, 1]) + 1)
-        inter = iw * ih
-        union = area_a + (gt[g, 2] - gt[g, 0] + 1) * (gt[g, 3] - gt[g, 1] + 1) - inter
-        iou = inter / union if union > 0 else 0.0
-        if iou > best:
-            best = iou
-    return best
-
-
-def maxbox_counts(
-    maps: np.ndarray,
-    images: np.ndarray,
-    gt: np.ndarray,
-    gt_off: np.ndarray,
-    thresholds: np.ndarray,
-    deltas: np.ndarray,
-    num_correct: np.ndarray,
-) -> bool:
-    """MaxBoxAccV2's correct counts for a batch of maps, in one compiled call.
-
-    Per map: ``uint8(map * 255)``; the thresholds ``int(tau * max)`` collapsed to the distinct
-    binary images; the boxes of every contour of every level (:func:`level_boxes`); the best
-    "+1" IoU over (boxes x GT) per level (the box ``[0, 0, 0, 0]`` where nothing is foreground);
-    then ``num_correct[d, t] += best(tau_t) >= deltas[d]``.
-
-    Args:
-        maps: float64 ``[N, H, W]``, values in [0, 1] (or ``[0, 1, 1]`` if ``images`` is given).
-        images: uint8 ``[N, H, W]``, the maps already quantised (or ``[0, 1, 1]``: quantise
-            ``maps`` here, fused with the range check).
-        gt: int64 ``[G, 4]`` GT boxes ``(x0, y0, x1, y1)`` (wsolevaluation's integer form) of all
-            maps; map ``i`` owns ``gt[gt_off[i]:gt_off[i + 1]]`` (at least one).
-        gt_off: int64 ``[N + 1]``. thresholds: float64 ``[T]`` taus. deltas: float64 ``[D]``.
-        num_correct: int64 ``[D, T]``, added to in place (only if every map is valid).
-
-    Returns:
-        False if a value is NaN or outside [0, 1] (then nothing is added), else True.
-    """
-    return _maxbox_counts(maps, images, gt, gt_off, thresholds, deltas, num_correct) == 0

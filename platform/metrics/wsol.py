@@ -31,7 +31,7 @@ Score-map pipeline (per GT-known map):
    contours' boxes), not one contour search per threshold; the slow per-threshold search is kept
    in :mod:`.reference` and the two are tested equal. :meth:`MaxBoxAccV2Evaluator.accumulate`
    scores a whole batch in one compiled call (quantisation, levels, boxes and IoU fused;
-   :func:`~lesionsweep.metrics.levelsets.maxbox_counts`).
+   :func:`~lesionsweep.metrics.maxbox_kernel.maxbox_counts`).
 3. PxAP (:class:`PxAPEvaluator`): histograms of the normalised scores at GT-positive and
    GT-negative pixels (ignored pixels dropped) over the bins ``[0, b), [b, 2b), ..., [1-b, 1),
    [1, 2), [2, 3]``; precision/recall at each bin edge, ``AP = sum precision[i] * (recall[i] -
@@ -410,7 +410,7 @@ class MaxBoxAccV2Evaluator:
         check_box_convention(gt, "x0y0x1y1")  # what calculate_multiple_iou raises
         if self.multi_contour_eval:
             # numba-compiled kernel: imported here so `import lesionsweep.metrics` skips numba
-            from .levelsets import maxbox_counts
+            from .maxbox_kernel import maxbox_counts
 
             off = np.concatenate(([0], np.cumsum([g.shape[0] for g in gts]))).astype(np.int64)
             none = np.zeros((0, 1, 1))
