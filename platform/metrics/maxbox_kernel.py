@@ -169,7 +169,7 @@ def maxbox_counts(
     """MaxBoxAccV2's correct counts for a batch of maps, in one compiled call.
 
     Per map: ``uint8(map * 255)``; the thresholds ``int(tau * max)`` collapsed to the distinct
-    binary images; the boxes of every contour of every level (:func:`level_boxes`); the best
+    binary images; the boxes of every contour of every level (:mod:`.levelsets`); the best
     "+1" IoU over (boxes x GT) per level (the box ``[0, 0, 0, 0]`` where nothing is foreground);
     then ``num_correct[d, t] += best(tau_t) >= deltas[d]``.
 
