@@ -125,6 +125,16 @@ def _extend_node(nd, r, x0, x1, y):
     nd[r, 4] = y
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _carry(R, b, p, k, o, op, gap, lo, hi):
+    """The run chain (``gap=0``: node and ``x`` extent at fields 2, 4, 5 of a record) or the
+    chain of the gap after the run (``gap=1``: fields 3, 6, 7) of the record at ``R[p, k, op:]``
+    carries on at ``R[b, k, o:]``, widened to ``lo..hi``."""
+    R[b, k, o + 2 + gap] = R[p, k, op + 2 + gap]
+    R[b, k, o + 4 + 2 * gap] = min(R[p, k, op + 4 + 2 * gap], lo)
+    R[b, k, o + 5 + 2 * gap] = max(R[p, k, op + 5 + 2 * gap], hi)
+
+
 @numba.njit(cache=True, nogil=True)
 def _components(img, lut, ev, cnt, R, nd):
     """Components and holes of ``lut[img] > k`` for every level ``k``, in one scan of the rows.
@@ -286,13 +296,9 @@ def _components(img, lut, ev, cnt, R, nd):
                     psn = R[p, k, o + 8] if f + 1 < npv else width + 2
                     if not ((s <= pe + 1) & (ps <= e + 1) & (e + 2 <= psn) & (pe + 2 <= sn)):
                         break
-                    R[b, k, o + 2] = R[p, k, o + 2]
-                    R[b, k, o + 4] = min(R[p, k, o + 4], s)
-                    R[b, k, o + 5] = max(R[p, k, o + 5], e)
-                    if f > 0:
-                        R[b, k, o - 5] = R[p, k, o - 5]
-                        R[b, k, o - 2] = min(R[p, k, o - 2], R[b, k, o - 7] + 1)
-                        R[b, k, o - 1] = max(R[p, k, o - 1], s - 1)
+                    _carry(R, b, p, k, o, o, 0, s, e)
+                    if f > 0:  # and the gap before it
+                        _carry(R, b, p, k, o - 8, o - 8, 1, R[b, k, o - 7] + 1, s - 1)
                     f += 1
                 while g < m - f:  # run nc-1-g touches run npv-1-g above only (and so on)
                     o = 8 * (nc - 1 - g)
@@ -305,13 +311,9 @@ def _components(img, lut, ev, cnt, R, nd):
                     pep = R[p, k, op - 7] if op > 0 else -2
                     if not ((s <= pe + 1) & (ps <= e + 1) & (ep + 2 <= ps) & (pep + 2 <= s)):
                         break
-                    R[b, k, o + 2] = R[p, k, op + 2]
-                    R[b, k, o + 4] = min(R[p, k, op + 4], s)
-                    R[b, k, o + 5] = max(R[p, k, op + 5], e)
-                    if g > 0:
-                        R[b, k, o + 3] = R[p, k, op + 3]
-                        R[b, k, o + 6] = min(R[p, k, op + 6], e + 1)
-                        R[b, k, o + 7] = max(R[p, k, op + 7], R[b, k, o + 8] - 1)
+                    _carry(R, b, p, k, o, op, 0, s, e)
+                    if g > 0:  # and the gap after it
+                        _carry(R, b, p, k, o, op, 1, e + 1, R[b, k, o + 8] - 1)
                     g += 1
             gf = max(f - 1, 0)  # gaps gf .. gb - 1 / gp - 1 (of the row above) are in between
             gb = min(nc - g, nc - 1)
