@@ -18,7 +18,6 @@ Errors are :class:`~lesionsweep.errors.ConfigError`.
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -236,8 +235,7 @@ def reachable_backbones(
     param = next((p for p in space.params if p.key == key), None)
     out: dict[str, str] = {}
     for m in methods:
-        cls = METHODS.get(m) if m in METHODS else None
-        arg = inspect.signature(cls).parameters.get("backbone") if cls is not None else None
+        arg = METHODS.params(m).get("backbone") if m in METHODS else None
         if arg is None:
             continue
         if key in pins:
