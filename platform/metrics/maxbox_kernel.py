@@ -16,11 +16,15 @@ from .levelsets import _components, _node_box, _scratch
 
 __all__ = ["maxbox_counts"]
 
+#: the value histogram is sampled on every this-many-th row (see :func:`_levels`)
+_SAMPLE_ROWS = 8
+
 
 @numba.njit(cache=True, nogil=True)
 def _quantise(m, image, present):
     """``image = uint8(m * 255)`` (numpy's truncation) and its maximum, a vectorised pass per
-    row, and ``present[v] = 1`` for the values ``v`` of every 8th row (see :func:`_levels`).
+    row, and ``present[v] = 1`` for the values ``v`` of every ``_SAMPLE_ROWS``-th row (see
+    :func:`_levels`).
     Returns ``(ok, max)``; ``ok`` is False if a value is NaN or outside [0, 1] (``image`` is
     then garbage)."""
     ok = True
@@ -34,7 +38,7 @@ def _quantise(m, image, present):
             u = np.uint8(v * 255) if (v >= 0.0) & (v <= 1.0) else np.uint8(0)
             dst[x] = u
             mx = max(mx, int(u))
-        if y & 7 == 0:
+        if y % _SAMPLE_ROWS == 0:
             for x in range(dst.shape[0]):  # the row is still in L1
                 present[dst[x]] = 1
     return ok, mx
@@ -96,7 +100,7 @@ def _maxbox_counts(maps, images, gt, gt_off, taus, deltas, num_correct) -> int:
     best = np.empty(n_tau, np.float64)
     lut = np.empty(256, np.int32)
     for i in range(n):
-        # uint8(map * 255) as numpy truncates it, and which values occur
+        # uint8(map * 255) as numpy truncates it, its maximum and the values of sampled rows
         present = np.zeros(256, np.int64)
         if quantised:
             image = images[i]
@@ -105,7 +109,7 @@ def _maxbox_counts(maps, images, gt, gt_off, taus, deltas, num_correct) -> int:
                 row = image[y]
                 for x in range(width):
                     mx = max(mx, row[x])
-                if y & 7 == 0:
+                if y % _SAMPLE_ROWS == 0:
                     for x in range(width):
                         present[row[x]] = 1
         else:
