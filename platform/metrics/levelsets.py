@@ -129,7 +129,11 @@ def _extend_node(nd, r, x0, x1, y):
 def _carry(R, b, p, k, o, op, gap, lo, hi):
     """The run chain (``gap=0``: node and ``x`` extent at fields 2, 4, 5 of a record) or the
     chain of the gap after the run (``gap=1``: fields 3, 6, 7) of the record at ``R[p, k, op:]``
-    carries on at ``R[b, k, o:]``, widened to ``lo..hi``."""
+    carries on at ``R[b, k, o:]``, widened to ``lo..hi``.
+
+    Used by the general merge only: the straight paths of :func:`_components` keep the same
+    three stores written out, since calling this there measured 7-47% slower (A/B in one
+    process, 1024 / 224 px)."""
     R[b, k, o + 2 + gap] = R[p, k, op + 2 + gap]
     R[b, k, o + 4 + 2 * gap] = min(R[p, k, op + 4 + 2 * gap], lo)
     R[b, k, o + 5 + 2 * gap] = max(R[p, k, op + 5 + 2 * gap], hi)
