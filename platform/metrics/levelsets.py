@@ -140,6 +140,61 @@ def _carry(R, b, p, k, o, op, gap, lo, hi):
 
 
 @numba.njit(cache=True, nogil=True)
+def _row_runs(img, y, lut, ev, cnt, R, b):
+    """The runs of every level in row ``y`` (see :func:`_components`): ``R[b, k]`` and
+    ``cnt[b, k]`` for ``k`` below the row's top level. Returns ``(top, lo)``, the row's top
+    level and its lowest (0 where the row starts below every level).
+
+    A function of its own, not inlined in :func:`_components`: there the scan and the build
+    competed for registers with the matching and reloaded their pointers from the stack on
+    every change (4-5% of the whole at 512 px, A/B in one process)."""
+    start = cnt[2]
+    width = img.shape[1]
+    n_ev = 0
+    prev = 0
+    top = 0
+    for x in range(width):
+        cur = lut[img[y, x]]
+        ev[n_ev] = (x << 32) | cur  # one store per pixel
+        n_ev += cur != prev
+        prev = cur
+    n_in = n_ev  # the changes inside the row (the last one below ends it)
+    ev[n_ev] = width << 32
+    n_ev += prev != 0
+    lo = 1 << 30
+    for i in range(n_in):  # the row's top and lowest levels, over its changes only
+        c = ev[i] & 0xFFFFFFFF
+        top = max(top, c)
+        lo = min(lo, c)
+    if n_in == 0 or ev[0] >> 32 != 0:  # the row starts below every level
+        lo = 0
+    for k in range(top):
+        cnt[b, k] = 0
+    pv = 0
+    for i in range(n_ev):
+        x = ev[i] >> 32
+        c = ev[i] & 0xFFFFFFFF
+        if c == pv + 1:  # ~90% of the changes on CAM-like maps are of one level
+            start[pv] = x
+        elif c == pv - 1:
+            j = cnt[b, c]
+            R[b, c, 8 * j] = start[c]
+            R[b, c, 8 * j + 1] = x - 1
+            cnt[b, c] = j + 1
+        elif c > pv:  # runs of levels pv..c-1 start at x (kept until they end)
+            for k in range(pv, c):
+                start[k] = x
+        else:  # runs of levels c..pv-1 end at x - 1
+            for k in range(c, pv):
+                j = cnt[b, k]
+                R[b, k, 8 * j] = start[k]
+                R[b, k, 8 * j + 1] = x - 1
+                cnt[b, k] = j + 1
+        pv = c
+    return top, lo
+
+
+@numba.njit(cache=True, nogil=True)
 def _components(img, lut, ev, cnt, R, nd):
     """Components and holes of ``lut[img] > k`` for every level ``k``, in one scan of the rows.
 
@@ -156,7 +211,6 @@ def _components(img, lut, ev, cnt, R, nd):
     chain, node of the gap after it, the run chain's ``x`` extent, the gap chain's ``x`` extent
     (``b`` alternates between the row buffers).
     """
-    start = cnt[2]
     full_node = cnt[3]
     height, width = img.shape
     n_nd = 0
@@ -166,24 +220,7 @@ def _components(img, lut, ev, cnt, R, nd):
     for y in range(height):
         b = y & 1
         p = 1 - b
-        n_ev = 0
-        prev = 0
-        top = 0
-        for x in range(width):
-            cur = lut[img[y, x]]
-            ev[n_ev] = (x << 32) | cur  # one store per pixel
-            n_ev += cur != prev
-            prev = cur
-        n_in = n_ev  # the changes inside the row (the last one below ends it)
-        ev[n_ev] = width << 32
-        n_ev += prev != 0
-        lo = 1 << 30
-        for i in range(n_in):  # the row's top and lowest levels, over its changes only
-            c = ev[i] & 0xFFFFFFFF
-            top = max(top, c)
-            lo = min(lo, c)
-        if n_in == 0 or ev[0] >> 32 != 0:  # the row starts below every level
-            lo = 0
+        top, lo = _row_runs(img, y, lut, ev, cnt, R, b)
         edge_row = y == 0 or y == height - 1
         # levels below zone are full rows here and in the row above: their chains carry on
         # without a copy (the node is kept aside, and the row above's chain fields are rebuilt
@@ -195,29 +232,6 @@ def _components(img, lut, ev, cnt, R, nd):
             R[p, k, 2] = full_node[k]
             R[p, k, 4] = 0
             R[p, k, 5] = width - 1
-        for k in range(top):
-            cnt[b, k] = 0
-        pv = 0
-        for i in range(n_ev):
-            x = ev[i] >> 32
-            c = ev[i] & 0xFFFFFFFF
-            if c == pv + 1:  # ~90% of the changes on CAM-like maps are of one level
-                start[pv] = x
-            elif c == pv - 1:
-                j = cnt[b, c]
-                R[b, c, 8 * j] = start[c]
-                R[b, c, 8 * j + 1] = x - 1
-                cnt[b, c] = j + 1
-            elif c > pv:  # runs of levels pv..c-1 start at x (kept until they end)
-                for k in range(pv, c):
-                    start[k] = x
-            else:  # runs of levels c..pv-1 end at x - 1
-                for k in range(c, pv):
-                    j = cnt[b, k]
-                    R[b, k, 8 * j] = start[k]
-                    R[b, k, 8 * j + 1] = x - 1
-                    cnt[b, k] = j + 1
-            pv = c
         for k in range(zone, max(top, kp)):
             nc = cnt[b, k] if k < top else 0
             npv = cnt[p, k] if k < kp else 0
@@ -263,21 +277,27 @@ def _components(img, lut, ev, cnt, R, nd):
                 ok = True
                 s = R[b, k, 0]
                 ps = R[p, k, 0]
-                for j in range(nc):
+                for j in range(nc - 1):
                     e = R[b, k, 8 * j + 1]
                     pe = R[p, k, 8 * j + 1]
                     ok &= (s <= pe + 1) & (ps <= e + 1)
                     R[b, k, 8 * j + 2] = R[p, k, 8 * j + 2]
                     R[b, k, 8 * j + 4] = min(R[p, k, 8 * j + 4], s)
                     R[b, k, 8 * j + 5] = max(R[p, k, 8 * j + 5], e)
-                    # gap j, up to the next run (not touching run j+1 / prev run j+1); after
-                    # the last run there is none: its check is void and its fields unused
+                    # gap j, up to the next run (not touching run j+1 / prev run j+1)
                     s = R[b, k, 8 * j + 8]
                     ps = R[p, k, 8 * j + 8]
-                    ok &= ((e + 1 <= ps - 1) & (pe + 1 <= s - 1)) | (j == nc - 1)
+                    ok &= (e + 1 <= ps - 1) & (pe + 1 <= s - 1)
                     R[b, k, 8 * j + 3] = R[p, k, 8 * j + 3]
                     R[b, k, 8 * j + 6] = min(R[p, k, 8 * j + 6], e + 1)
                     R[b, k, 8 * j + 7] = max(R[p, k, 8 * j + 7], s - 1)
+                o = 8 * nc - 8  # the last run (no gap after it)
+                e = R[b, k, o + 1]
+                pe = R[p, k, o + 1]
+                ok &= (s <= pe + 1) & (ps <= e + 1)
+                R[b, k, o + 2] = R[p, k, o + 2]
+                R[b, k, o + 4] = min(R[p, k, o + 4], s)
+                R[b, k, o + 5] = max(R[p, k, o + 5], e)
                 if ok:
                     continue
             # general path. Runs matching the row above's one to one from the left (f) and
@@ -403,14 +423,15 @@ def _scratch(width: int, n_levels: int):
     """Work arrays of :func:`_components` for rows of ``width`` and up to ``n_levels`` levels:
     ``ev [W + 2]`` the row's changes, ``x << 32 | level from x on`` (int64: one store a pixel),
     ``cnt [4, K]`` runs per (row buffer, level), the start of each level's open run and the
-    node of each level's chain while it is a full row (see :func:`_components`),
+    node of each level's chain while it is a full row (see :func:`_components`); uint32, so
+    that indices computed from them need no negative-index wraparound (2-3% at every size),
     ``R [2, K, 8 S]`` per (row buffer, level) its runs in ``x`` order, a record of 8 each (see
     :func:`_components`); ``nd`` nodes (grown)."""
     stride = (width + 1) // 2 + 2  # runs per (row, level) at most, and one record read past them
     k = n_levels + 1
     return (
         np.empty(width + 2, np.int64),
-        np.zeros((4, k), np.int32),
+        np.zeros((4, k), np.uint32),
         np.empty((2, k, 8 * stride), np.int32),
         np.empty((1024, _NODE_FIELDS), np.int32),
     )
